@@ -1,0 +1,418 @@
+//! A member's configuration, from etcd's command-line flags.
+//!
+//! detcd takes etcd's flag names and meanings (`--name`, `--data-dir`, the URL flags, the
+//! `--initial-cluster*` flags, `--max-request-bytes`, ...), so scripts that start etcd start
+//! detcd. With no flags it is one member named `default` with data in `default.detcd/`, clients on
+//! 127.0.0.1:2379 and peers on 127.0.0.1:2380. Flags that only shape etcd's logging are accepted
+//! and ignored, as they change nothing a client can see.
+//!
+//! Member and cluster IDs are derived from the names, peer URLs and cluster token, so every member
+//! computes the same IDs from the same `--initial-cluster` without talking to the others.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::env::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `name -> peer URLs`, from `--initial-cluster`.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub max_request_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let name = "default".to_string();
+        Self {
+            data_dir: PathBuf::from(format!("{name}.detcd")),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_cluster: BTreeMap::from([(
+                name.clone(),
+                vec!["http://127.0.0.1:2380".to_string()],
+            )]),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            name,
+            max_request_bytes: 1536 * 1024,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+pub const HELP: &str = "\
+Usage: detcd [flags]
+
+detcd is a distributed key-value store that speaks etcd's v3 API.
+With no flags it starts one member named 'default', data in 'default.detcd/',
+clients on http://127.0.0.1:2379, peers on http://127.0.0.1:2380.
+
+Member:
+  --name 'default'                      human-readable name of this member
+  --data-dir '${name}.detcd'            path to the data directory
+  --listen-client-urls 'http://127.0.0.1:2379'
+                                        URLs to listen on for client traffic
+  --advertise-client-urls 'http://127.0.0.1:2379'
+                                        client URLs advertised to the cluster
+  --listen-peer-urls 'http://127.0.0.1:2380'
+                                        URLs to listen on for peer traffic
+  --initial-advertise-peer-urls 'http://127.0.0.1:2380'
+                                        this member's peer URLs, as the cluster knows them
+  --heartbeat-interval '100'            time (in milliseconds) of a heartbeat interval
+  --election-timeout '1000'             time (in milliseconds) for an election to timeout
+  --max-request-bytes '1572864'         maximum client request size in bytes
+
+Clustering:
+  --initial-cluster 'default=http://127.0.0.1:2380'
+                                        initial cluster configuration for bootstrapping
+  --initial-cluster-state 'new'         'new' or 'existing'
+  --initial-cluster-token 'etcd-cluster'
+                                        initial cluster token for the cluster during bootstrap
+
+Logging (accepted for compatibility with etcd's command lines):
+  --logger, --log-outputs, --log-level
+
+  -h, --help                            show this help
+";
+
+/// Why flags were refused; printed as etcd prints flag errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagError(pub String);
+
+impl std::fmt::Display for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Help,
+}
+
+fn url_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn millis(flag: &str, value: &str) -> Result<Duration, FlagError> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| FlagError(format!("invalid value {value:?} for flag --{flag}")))
+}
+
+impl Config {
+    /// Parses etcd-style flags (`--flag value` or `--flag=value`), without the program name.
+    pub fn from_args(args: &[String]) -> Result<Invocation, FlagError> {
+        let mut config = Config::default();
+        let mut data_dir_set = false;
+        let mut advertise_client_set = false;
+        let mut advertise_peer_set = false;
+        let mut initial_cluster_set = false;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            if arg == "-h" || arg == "--help" || arg == "-help" {
+                return Ok(Invocation::Help);
+            }
+            let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+                return Err(FlagError(format!(
+                    "'{arg}' is not a valid flag (detcd takes no positional arguments)"
+                )));
+            };
+            let (flag, inline_value) = match flag.split_once('=') {
+                Some((flag, value)) => (flag, Some(value.to_string())),
+                None => (flag, None),
+            };
+            let mut value = || -> Result<String, FlagError> {
+                match &inline_value {
+                    Some(value) => Ok(value.clone()),
+                    None => args
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| FlagError(format!("flag needs an argument: --{flag}"))),
+                }
+            };
+            match flag {
+                "name" => config.name = value()?,
+                "data-dir" => {
+                    config.data_dir = PathBuf::from(value()?);
+                    data_dir_set = true;
+                }
+                "listen-client-urls" => config.listen_client_urls = url_list(&value()?),
+                "advertise-client-urls" => {
+                    config.advertise_client_urls = url_list(&value()?);
+                    advertise_client_set = true;
+                }
+                "listen-peer-urls" => config.listen_peer_urls = url_list(&value()?),
+                "initial-advertise-peer-urls" => {
+                    config.initial_advertise_peer_urls = url_list(&value()?);
+                    advertise_peer_set = true;
+                }
+                "initial-cluster" => {
+                    config.initial_cluster = parse_initial_cluster(&value()?)?;
+                    initial_cluster_set = true;
+                }
+                "initial-cluster-state" => {
+                    config.initial_cluster_state = match value()?.as_str() {
+                        "new" => ClusterState::New,
+                        "existing" => ClusterState::Existing,
+                        other => {
+                            return Err(FlagError(format!(
+                                "invalid value {other:?} for flag --initial-cluster-state: valid values are \"new\", \"existing\""
+                            )))
+                        }
+                    }
+                }
+                "initial-cluster-token" => config.initial_cluster_token = value()?,
+                "max-request-bytes" => {
+                    let raw = value()?;
+                    config.max_request_bytes = raw.parse().map_err(|_| {
+                        FlagError(format!("invalid value {raw:?} for flag --max-request-bytes"))
+                    })?;
+                }
+                "heartbeat-interval" => config.heartbeat_interval = millis(flag, &value()?)?,
+                "election-timeout" => config.election_timeout = millis(flag, &value()?)?,
+                // etcd's logging flags: accepted so etcd command lines work unchanged.
+                "logger" | "log-outputs" | "log-level" => {
+                    value()?;
+                }
+                _ => return Err(FlagError(format!("flag provided but not defined: -{flag}"))),
+            }
+        }
+        if !data_dir_set {
+            config.data_dir = PathBuf::from(format!("{}.detcd", config.name));
+        }
+        if !advertise_client_set {
+            config.advertise_client_urls = config.listen_client_urls.clone();
+        }
+        if !advertise_peer_set {
+            config.initial_advertise_peer_urls = config.listen_peer_urls.clone();
+        }
+        if !initial_cluster_set {
+            config.initial_cluster = BTreeMap::from([(
+                config.name.clone(),
+                config.initial_advertise_peer_urls.clone(),
+            )]);
+        }
+        config.validate()?;
+        Ok(Invocation::Run(Box::new(config)))
+    }
+
+    fn validate(&self) -> Result<(), FlagError> {
+        for url in self
+            .listen_client_urls
+            .iter()
+            .chain(&self.listen_peer_urls)
+            .chain(&self.advertise_client_urls)
+            .chain(&self.initial_advertise_peer_urls)
+        {
+            socket_addr(url)?;
+        }
+        if self.listen_client_urls.is_empty() || self.listen_peer_urls.is_empty() {
+            return Err(FlagError("at least one client and one peer URL to listen on is required".into()));
+        }
+        let Some(own_peer_urls) = self.initial_cluster.get(&self.name) else {
+            return Err(FlagError(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            )));
+        };
+        let mut own_sorted = own_peer_urls.clone();
+        own_sorted.sort();
+        let mut advertised = self.initial_advertise_peer_urls.clone();
+        advertised.sort();
+        if own_sorted != advertised {
+            return Err(FlagError(format!(
+                "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+                self.name,
+                own_peer_urls.join(","),
+                self.initial_advertise_peer_urls.join(",")
+            )));
+        }
+        if self.heartbeat_interval.is_zero() || self.election_timeout < self.heartbeat_interval * 5
+        {
+            return Err(FlagError(
+                "--election-timeout must be at least 5 times --heartbeat-interval".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This member's Raft node ID (etcd's member ID).
+    pub fn member_id(&self) -> u64 {
+        member_id(
+            &self.name,
+            &self.initial_advertise_peer_urls,
+            &self.initial_cluster_token,
+        )
+    }
+
+    /// The cluster ID: derived from every initial member's ID and the token.
+    pub fn cluster_id(&self) -> u64 {
+        let mut hash = Fnv64::new();
+        for (name, urls) in &self.initial_cluster {
+            hash.write(&member_id(name, urls, &self.initial_cluster_token).to_be_bytes());
+        }
+        hash.write(self.initial_cluster_token.as_bytes());
+        hash.finish()
+    }
+
+    /// `member ID -> (name, peer URLs)` of the initial cluster.
+    pub fn initial_members(&self) -> BTreeMap<u64, (String, Vec<String>)> {
+        self.initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                (
+                    member_id(name, urls, &self.initial_cluster_token),
+                    (name.clone(), urls.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
+fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, FlagError> {
+    let mut cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            FlagError(format!("invalid --initial-cluster entry {part:?}: want name=url"))
+        })?;
+        socket_addr(url)?;
+        cluster.entry(name.to_string()).or_default().push(url.to_string());
+    }
+    if cluster.is_empty() {
+        return Err(FlagError("--initial-cluster is empty".into()));
+    }
+    Ok(cluster)
+}
+
+/// The socket address of an `http://host:port` URL (hosts must be IP literals or `localhost`).
+pub fn socket_addr(url: &str) -> Result<SocketAddr, FlagError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| FlagError(format!("URL scheme must be http: {url:?} (TLS is not supported yet)")))?;
+    let host_port = rest.trim_end_matches('/');
+    let host_port = host_port.replacen("localhost:", "127.0.0.1:", 1);
+    host_port
+        .parse()
+        .map_err(|_| FlagError(format!("invalid URL {url:?}: want http://IP:port")))
+}
+
+fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut hash = Fnv64::new();
+    hash.write(name.as_bytes());
+    for url in &urls {
+        hash.write(b"\n");
+        hash.write(url.as_bytes());
+    }
+    hash.write(b"\n");
+    hash.write(token.as_bytes());
+    // Raft reserves no ID, but etcd never uses 0 for a member; neither do we.
+    hash.finish().max(1)
+}
+
+/// FNV-1a: a stable hash (std's `DefaultHasher` may change between Rust releases).
+struct Fnv64(u64);
+impl Fnv64 {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= *byte as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, FlagError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match Config::from_args(&args)? {
+            Invocation::Run(config) => Ok(*config),
+            Invocation::Help => panic!("unexpected help"),
+        }
+    }
+
+    #[test]
+    fn no_flags_is_one_default_member() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, PathBuf::from("default.detcd"));
+        assert_eq!(config.listen_client_urls, ["http://127.0.0.1:2379"]);
+        assert_eq!(config.initial_members().len(), 1);
+    }
+
+    #[test]
+    fn etcd_cluster_flags_give_every_member_the_same_ids() {
+        let cluster = "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380";
+        let member = |name: &str, port: u16| {
+            parse(&[
+                "--name",
+                name,
+                "--initial-cluster",
+                cluster,
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{port}"),
+                "--listen-client-urls=http://127.0.0.1:1",
+                "--logger",
+                "zap",
+                "--log-outputs=stderr",
+            ])
+            .unwrap()
+        };
+        let (a, b) = (member("a", 12380), member("b", 22380));
+        assert_eq!(a.cluster_id(), b.cluster_id());
+        assert_eq!(a.initial_members(), b.initial_members());
+        assert_ne!(a.member_id(), b.member_id());
+        assert!(a.initial_members().contains_key(&b.member_id()));
+        assert_eq!(a.data_dir, PathBuf::from("a.detcd"));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        assert!(parse(&["--bogus", "1"]).unwrap_err().0.contains("not defined"));
+        assert!(parse(&["--name"]).unwrap_err().0.contains("needs an argument"));
+        assert!(parse(&["--name", "x"]).unwrap_err().0.contains("local name"));
+        assert!(parse(&["--initial-cluster-state", "old"]).is_err());
+        assert!(parse(&["--listen-client-urls", "https://1.2.3.4:1"]).is_err());
+    }
+}

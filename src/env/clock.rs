@@ -1,0 +1,119 @@
+//! The per-node clock: monotonic time, sleeps and timeouts, with simulated skew.
+//!
+//! madsim has a single global clock and no skew, so each node's view is ours to build: a node's
+//! time is `base + (elapsed * (1 + drift)) + offset`, where `offset` and `drift` are set by the
+//! simulation harness (offset jumps included). In real mode both are zero and this is tokio time.
+//! Everything time-dependent in a node (election timers excepted — openraft reads the runtime's
+//! `Instant`) reads this handle, never the OS.
+
+use std::sync::{Arc, Mutex};
+
+use super::Duration;
+
+/// A point on a node's monotonic clock, as nanoseconds since the clock was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    pub fn since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+    pub fn add(self, duration: Duration) -> Instant {
+        Instant(self.0.saturating_add(duration.as_nanos() as u64))
+    }
+    pub fn as_nanos(self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Debug)]
+struct Skew {
+    /// Added to every reading; moved by `jump`.
+    offset_nanos: i64,
+    /// Parts per million by which this clock runs fast (positive) or slow (negative).
+    drift_ppm: i64,
+}
+
+/// A node's clock. Cheap to clone; clones share skew.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    base: tokio::time::Instant,
+    skew: Arc<Mutex<Skew>>,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            skew: Arc::new(Mutex::new(Skew {
+                offset_nanos: 0,
+                drift_ppm: 0,
+            })),
+        }
+    }
+
+    /// Now, on this node's monotonic clock. Never goes backwards unless a test jumps it back.
+    pub fn now(&self) -> Instant {
+        let elapsed = tokio::time::Instant::now()
+            .duration_since(self.base)
+            .as_nanos() as i128;
+        let skew = self.skew.lock().expect("clock skew lock");
+        let drifted = elapsed + elapsed * skew.drift_ppm as i128 / 1_000_000;
+        Instant((drifted + skew.offset_nanos as i128).max(0) as u64)
+    }
+
+    /// Sleeps for `duration` as measured by this node's clock.
+    pub async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(self.to_true_duration(duration)).await
+    }
+
+    /// Runs `future` for at most `duration` of this node's time.
+    pub async fn timeout<F: std::future::Future>(
+        &self,
+        duration: Duration,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        tokio::time::timeout(self.to_true_duration(duration), future)
+            .await
+            .map_err(|_| Elapsed)
+    }
+
+    /// Moves this clock by `nanos` (a simulated NTP step). Harness only.
+    pub fn jump(&self, nanos: i64) {
+        self.skew.lock().expect("clock skew lock").offset_nanos += nanos;
+    }
+
+    /// Makes this clock run fast or slow by `ppm` parts per million. Harness only.
+    pub fn set_drift_ppm(&self, ppm: i64) {
+        // Re-base the offset so the reading is continuous across the drift change.
+        let before = self.now();
+        let mut skew = self.skew.lock().expect("clock skew lock");
+        skew.drift_ppm = ppm;
+        drop(skew);
+        let after = self.now();
+        self.jump(before.0 as i64 - after.0 as i64);
+    }
+
+    fn to_true_duration(&self, duration: Duration) -> Duration {
+        let ppm = self.skew.lock().expect("clock skew lock").drift_ppm;
+        let nanos = duration.as_nanos() as i128 * 1_000_000 / (1_000_000 + ppm as i128).max(1);
+        Duration::from_nanos(nanos.max(0) as u64)
+    }
+}
+
+/// The error of [`Clock::timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+impl std::error::Error for Elapsed {}

@@ -1,0 +1,62 @@
+//! The disk: where a node's redb databases live.
+//!
+//! Real mode opens files under the data directory (redb's own file backend). Simulation opens
+//! [`SimDisk`] files, which the harness owns outside the node so they survive a kill and can lose
+//! or tear unsynced writes on a crash.
+
+use std::path::PathBuf;
+
+use super::sim_disk::SimDisk;
+
+/// Where a node keeps its data.
+#[derive(Debug, Clone)]
+pub enum Disk {
+    /// A directory on the real file system.
+    Dir(PathBuf),
+    /// The simulated disk of one simulated node.
+    Sim(SimDisk),
+}
+
+impl Disk {
+    /// Opens (creating if needed) the redb database `name` on this disk.
+    pub fn open_database(&self, name: &str) -> Result<redb::Database, redb::DatabaseError> {
+        let mut builder = redb::Database::builder();
+        match self {
+            Disk::Dir(dir) => {
+                #[allow(clippy::disallowed_methods)]
+                std::fs::create_dir_all(dir).map_err(redb::StorageError::from)?;
+                builder.create(dir.join(name))
+            }
+            Disk::Sim(disk) => {
+                // Small cache: simulated nodes are many per process.
+                builder.set_cache_size(4 << 20);
+                builder.create_with_backend(disk.open_file(name))
+            }
+        }
+    }
+
+    /// Whether this disk already holds the database `name` (a restart, not a first boot).
+    pub fn has_database(&self, name: &str) -> bool {
+        match self {
+            Disk::Dir(dir) => dir.join(name).exists(),
+            Disk::Sim(disk) => disk.file_len(name).is_some_and(|len| len > 0),
+        }
+    }
+
+    /// The length of file `name` in bytes, if it exists.
+    pub fn file_len(&self, name: &str) -> Option<u64> {
+        match self {
+            #[allow(clippy::disallowed_methods)]
+            Disk::Dir(dir) => std::fs::metadata(dir.join(name)).ok().map(|m| m.len()),
+            Disk::Sim(disk) => disk.file_len(name),
+        }
+    }
+
+    /// A human-readable location, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Disk::Dir(dir) => dir.display().to_string(),
+            Disk::Sim(_) => "simulated disk".to_string(),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! THE seam between detcd and the operating system.
+//!
+//! Everything that is nondeterministic — time, disk, randomness, threads — reaches the rest of
+//! `src/` only through this module. In real mode it is tokio, files and OS randomness; under
+//! `--cfg madsim` the very same calls are madsim's simulated time, the in-memory [`SimDisk`] and the
+//! simulation's seeded RNG, so a run is a pure function of its seed.
+//!
+//! Architecture Invariant: no file outside `src/env/` names `std::time`, `std::thread`, `std::fs`,
+//! `std::net`, `rand` or `spawn_blocking` (enforced by `.clippy.toml` and the tidy test).
+
+pub mod clock;
+pub mod disk;
+pub mod rng;
+pub mod runtime;
+pub mod sim_disk;
+
+pub use clock::Clock;
+pub use disk::Disk;
+pub use sim_disk::SimDisk;
+
+/// A span of time. Re-exported so the rest of `src/` never names `std::time`.
+pub type Duration = std::time::Duration;
+
+/// Runs a blocking closure (redb I/O) without stalling the async request path.
+///
+/// Real mode hands it to tokio's blocking pool. madsim refuses threads, and simulated I/O is
+/// instantaneous anyway, so in simulation the closure runs inline.
+pub async fn blocking<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        #[allow(clippy::disallowed_methods)]
+        match tokio::task::spawn_blocking(f).await {
+            Ok(value) => value,
+            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+        }
+    }
+    #[cfg(madsim)]
+    {
+        f()
+    }
+}
+
+/// Spawns a task on the current node's runtime (a simulated node's executor under madsim).
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future)
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM). Real mode only: a simulated
+/// node is stopped by the harness.
+#[cfg(not(madsim))]
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

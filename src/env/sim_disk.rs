@@ -1,0 +1,296 @@
+//! `SimDisk`: an in-memory disk with a crash model, for the simulation.
+//!
+//! Durability model. Each file has two images: `visible` (what reads see: every write so far) and
+//! `durable` (what survives a crash: the state at the last `sync_data`), plus the ordered list of
+//! operations since that sync. `sync_data` makes `durable = visible`. A crash replaces `visible`
+//! with `durable` plus, depending on the seeded crash mode, nothing, a random prefix of the pending
+//! operations, or such a prefix followed by one operation torn at a 512-byte sector boundary.
+//! This is what a real disk with a volatile write cache may do, and it is what redb's commit
+//! protocol must survive.
+//!
+//! Epoch fencing. madsim's `kill` drops the node's futures, and with them its `redb::Database`,
+//! whose clean close would flush everything and make a crash prove nothing. So every backend handle
+//! remembers the disk's epoch when it was opened; [`SimDisk::crash`] bumps the epoch, and any call
+//! on an older handle fails with EIO and changes nothing.
+//!
+//! Faults. `fail_reads`, `fail_writes` and `fail_syncs` make the matching calls fail with EIO
+//! (redb then refuses further writes, and the node must stop); `flip_bit` corrupts one durable bit.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use super::rng::SplitMix64;
+
+const SECTOR_SIZE: usize = 512;
+
+#[derive(Debug, Clone)]
+enum PendingOp {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    visible: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<PendingOp>,
+}
+
+/// What happens to unsynced writes on a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Every unsynced write is lost.
+    DropUnsynced,
+    /// A random prefix of the unsynced writes survives.
+    KeepPrefix,
+    /// A random prefix survives and the next write is torn at a sector boundary.
+    TearNext,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    files: BTreeMap<String, SimFile>,
+    epoch: u64,
+    fail_reads: bool,
+    fail_writes: bool,
+    fail_syncs: bool,
+    syncs: u64,
+}
+
+/// One simulated node's disk. Cheap to clone; clones are the same disk.
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!("simulated EIO: {what}"))
+}
+
+impl SimFile {
+    fn apply(image: &mut Vec<u8>, op: &PendingOp) {
+        match op {
+            PendingOp::Write { offset, data } => {
+                let end = *offset as usize + data.len();
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[*offset as usize..end].copy_from_slice(data);
+            }
+            PendingOp::SetLen(len) => image.resize(*len as usize, 0),
+        }
+    }
+}
+
+impl SimDisk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A redb backend for file `name`, fenced to the current epoch.
+    pub fn open_file(&self, name: &str) -> SimFileBackend {
+        let mut state = self.state.lock().expect("sim disk lock");
+        state.files.entry(name.to_string()).or_default();
+        SimFileBackend {
+            disk: self.clone(),
+            name: name.to_string(),
+            epoch: state.epoch,
+        }
+    }
+
+    pub fn file_len(&self, name: &str) -> Option<u64> {
+        let state = self.state.lock().expect("sim disk lock");
+        state.files.get(name).map(|file| file.visible.len() as u64)
+    }
+
+    /// Crashes the disk: fences every open handle and keeps only what the crash mode allows.
+    pub fn crash(&self, mode: CrashMode, seed: u64) {
+        let mut rng = SplitMix64::new(seed);
+        let mut state = self.state.lock().expect("sim disk lock");
+        state.epoch += 1;
+        for file in state.files.values_mut() {
+            let mut image = file.durable.clone();
+            let pending = std::mem::take(&mut file.pending);
+            let kept = match mode {
+                CrashMode::DropUnsynced => 0,
+                CrashMode::KeepPrefix | CrashMode::TearNext => {
+                    rng.below(pending.len() as u64 + 1) as usize
+                }
+            };
+            for op in &pending[..kept] {
+                SimFile::apply(&mut image, op);
+            }
+            if mode == CrashMode::TearNext {
+                if let Some(PendingOp::Write { offset, data }) = pending.get(kept) {
+                    let sectors = data.len().div_ceil(SECTOR_SIZE) as u64;
+                    let torn_len = (rng.below(sectors) as usize * SECTOR_SIZE).min(data.len());
+                    let torn = PendingOp::Write {
+                        offset: *offset,
+                        data: data[..torn_len].to_vec(),
+                    };
+                    SimFile::apply(&mut image, &torn);
+                }
+            }
+            file.visible = image.clone();
+            file.durable = image;
+        }
+    }
+
+    pub fn set_fail_reads(&self, fail: bool) {
+        self.state.lock().expect("sim disk lock").fail_reads = fail;
+    }
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.state.lock().expect("sim disk lock").fail_writes = fail;
+    }
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.state.lock().expect("sim disk lock").fail_syncs = fail;
+    }
+
+    /// Flips one bit of a file's durable (and visible) image.
+    pub fn flip_bit(&self, name: &str, byte_offset: u64, bit: u8) {
+        let mut state = self.state.lock().expect("sim disk lock");
+        if let Some(file) = state.files.get_mut(name) {
+            for image in [&mut file.durable, &mut file.visible] {
+                if let Some(byte) = image.get_mut(byte_offset as usize) {
+                    *byte ^= 1 << (bit % 8);
+                }
+            }
+        }
+    }
+
+    /// How many `sync_data` calls succeeded, over all files (for fsync-per-request accounting).
+    pub fn sync_count(&self) -> u64 {
+        self.state.lock().expect("sim disk lock").syncs
+    }
+}
+
+/// The redb `StorageBackend` of one [`SimDisk`] file.
+#[derive(Debug)]
+pub struct SimFileBackend {
+    disk: SimDisk,
+    name: String,
+    epoch: u64,
+}
+
+impl SimFileBackend {
+    fn with_file<T>(
+        &self,
+        f: impl FnOnce(&mut DiskState, &str) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut state = self.disk.state.lock().expect("sim disk lock");
+        if state.epoch != self.epoch {
+            return Err(eio("handle fenced by a crash"));
+        }
+        f(&mut state, &self.name)
+    }
+}
+
+impl redb::StorageBackend for SimFileBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.with_file(|state, name| Ok(state.files[name].visible.len() as u64))
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.with_file(|state, name| {
+            if state.fail_reads {
+                return Err(eio("read"));
+            }
+            let image = &state.files[name].visible;
+            let end = offset as usize + out.len();
+            if end > image.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past end of simulated file",
+                ));
+            }
+            out.copy_from_slice(&image[offset as usize..end]);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with_file(|state, name| {
+            if state.fail_writes {
+                return Err(eio("set_len"));
+            }
+            let file = state.files.get_mut(name).expect("file exists");
+            let op = PendingOp::SetLen(len);
+            SimFile::apply(&mut file.visible, &op);
+            file.pending.push(op);
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with_file(|state, name| {
+            if state.fail_syncs {
+                return Err(eio("fsync"));
+            }
+            state.syncs += 1;
+            let file = state.files.get_mut(name).expect("file exists");
+            file.durable = file.visible.clone();
+            file.pending.clear();
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with_file(|state, name| {
+            if state.fail_writes {
+                return Err(eio("write"));
+            }
+            let file = state.files.get_mut(name).expect("file exists");
+            let op = PendingOp::Write {
+                offset,
+                data: data.to_vec(),
+            };
+            SimFile::apply(&mut file.visible, &op);
+            file.pending.push(op);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::StorageBackend;
+
+    #[test]
+    fn crash_drops_unsynced_writes_and_fences_old_handles() {
+        let disk = SimDisk::new();
+        let file = disk.open_file("a");
+        file.write(0, b"hello").unwrap();
+        file.sync_data().unwrap();
+        file.write(0, b"HELLO world").unwrap();
+        disk.crash(CrashMode::DropUnsynced, 1);
+        assert!(file.len().is_err(), "an old handle is fenced after a crash");
+        let reopened = disk.open_file("a");
+        let mut out = vec![0; 5];
+        reopened.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"hello");
+        assert_eq!(reopened.len().unwrap(), 5);
+    }
+
+    #[test]
+    fn torn_write_keeps_whole_sectors_only() {
+        let mut torn_somewhere_inside = false;
+        for seed in 0..32 {
+            let disk = SimDisk::new();
+            let file = disk.open_file("a");
+            file.set_len(4 * SECTOR_SIZE as u64).unwrap();
+            file.sync_data().unwrap();
+            file.write(0, &vec![7u8; 4 * SECTOR_SIZE]).unwrap();
+            disk.crash(CrashMode::TearNext, seed);
+            let reopened = disk.open_file("a");
+            let mut out = vec![0; 4 * SECTOR_SIZE];
+            reopened.read(0, &mut out).unwrap();
+            let sevens = out.iter().take_while(|b| **b == 7).count();
+            assert_eq!(sevens % SECTOR_SIZE, 0, "seed {seed}: torn inside a sector");
+            assert!(out[sevens..].iter().all(|b| *b == 0));
+            torn_somewhere_inside |= sevens > 0 && sevens < out.len();
+        }
+        assert!(torn_somewhere_inside, "some seed tears the write part way");
+    }
+}

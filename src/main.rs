@@ -1,0 +1,65 @@
+//! The `detcd` binary: etcd's flags -> `Config` -> `server::run`, until SIGINT or SIGTERM.
+
+#[cfg(not(madsim))]
+fn main() -> std::process::ExitCode {
+    use detcd::config::{Config, Invocation, HELP};
+    use std::process::ExitCode;
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match Config::from_args(&args) {
+        Ok(Invocation::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Run(config)) => *config,
+        Err(error) => {
+            eprintln!("detcd: {error}\nRun 'detcd --help' for the flags.");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("detcd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let disk = detcd::env::Disk::Dir(config.data_dir.clone());
+        let name = config.name.clone();
+        let data_dir = config.data_dir.display().to_string();
+        let client_urls = config.advertise_client_urls.join(",");
+        let peer_urls = config.initial_advertise_peer_urls.join(",");
+        detcd::server::run(
+            config,
+            disk,
+            detcd::env::Clock::new(),
+            detcd::env::shutdown_signal(),
+            |node, _listeners| {
+                eprintln!(
+                    "detcd: member {:x} ({name}) of cluster {:x}, data in {data_dir}\n\
+                     detcd: serving clients on {client_urls}, peers on {peer_urls}",
+                    node.id, node.cluster_id
+                );
+            },
+        )
+        .await
+    });
+    match result {
+        Ok(()) => {
+            eprintln!("detcd: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("detcd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The binary is for real mode; simulations start members through `detcd::server::run`.
+#[cfg(madsim)]
+fn main() {
+    eprintln!("detcd: this binary was built with --cfg madsim; build it without to run a server");
+    std::process::exit(2);
+}

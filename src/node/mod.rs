@@ -1,0 +1,219 @@
+//! One member: its Raft instance, its state machine, and the two paths every request takes —
+//! writes through Raft, reads after a ReadIndex barrier.
+//!
+//! A write is proposed with `client_write` and answered when this member has applied it. A
+//! linearizable read first asks the leader for a ReadIndex (openraft's `ensure_linearizable`,
+//! which confirms leadership with a quorum round and waits until the local state machine has
+//! applied up to it), so it never returns data older than a write acknowledged before it started,
+//! even across a leader change. A member that is not the leader says who is, and the API layer
+//! forwards the request there (as etcd followers do).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ReadPolicy;
+
+use crate::apply::CommandResponse;
+use crate::env::{Clock, Disk, Duration};
+use crate::pb::raft::Command;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NetworkFactory;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{DetcdRaft, MemberNode, Membership};
+use crate::storage::{self, StorageError};
+
+/// How long a request waits for Raft before it answers `etcdserver: request timed out`
+/// (etcd: 5 s plus two election timeouts).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Why a request could not be served here.
+#[derive(Debug, Clone)]
+pub enum NodeError {
+    /// Another member leads: send the request there (its peer URL serves clients' forwarded
+    /// requests).
+    ForwardToLeader(MemberNode),
+    /// No leader is known right now.
+    NoLeader,
+    /// The request may or may not have happened (leader lost while it was in flight, deadline).
+    Timeout,
+    /// The member is stopping or has failed; it serves nothing more.
+    Stopped(String),
+}
+
+/// What a node needs to start.
+pub struct NodeConfig {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub members: BTreeMap<u64, MemberNode>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+}
+
+/// A running member.
+#[derive(Clone)]
+pub struct Node {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub raft: DetcdRaft,
+    pub state_machine: StateMachine,
+    pub clock: Clock,
+    disk: Disk,
+}
+
+impl Node {
+    /// Opens the member's storage and starts Raft; on first boot writes the initial membership
+    /// (every initial member writes the same one, so no member has to go first).
+    pub async fn start(
+        config: NodeConfig,
+        disk: Disk,
+        db: Arc<redb::Database>,
+        clock: Clock,
+    ) -> Result<Node, StorageError> {
+        {
+            let db = db.clone();
+            crate::env::blocking(move || storage::create_tables(&db)).await?;
+        }
+        let heartbeat_ms = config.heartbeat_interval.as_millis() as u64;
+        let election_ms = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: format!("{:x}", config.cluster_id),
+            heartbeat_interval: heartbeat_ms,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 1024,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StorageError(format!("raft config: {e}")))?;
+        let log_store = LogStore::new(db.clone());
+        let membership = Membership::new(
+            vec![config.members.keys().copied().collect::<BTreeSet<u64>>()],
+            config.members.clone(),
+        )
+        .map_err(|e| StorageError(format!("initial membership: {e}")))?;
+        log_store
+            .bootstrap(config.id, membership)
+            .await
+            .map_err(|e| StorageError(format!("bootstrap: {e}")))?;
+        let state_machine = StateMachine::new(db.clone());
+        let raft = DetcdRaft::new(
+            config.id,
+            Arc::new(raft_config),
+            NetworkFactory,
+            log_store,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| StorageError(format!("start raft: {e}")))?;
+        Ok(Node {
+            id: config.id,
+            cluster_id: config.cluster_id,
+            raft,
+            state_machine,
+            clock,
+            disk,
+        })
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The leader this member knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    fn member(&self, id: u64) -> Option<MemberNode> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// Who to forward to, or that there is no leader.
+    fn redirect(&self, leader: Option<u64>) -> NodeError {
+        match leader.filter(|id| *id != self.id).and_then(|id| self.member(id)) {
+            Some(node) => NodeError::ForwardToLeader(node),
+            None => NodeError::NoLeader,
+        }
+    }
+
+    /// Waits, within the request timeout, for a leader to be known (after startup or an
+    /// election), so a request does not fail just because it arrived mid-election.
+    async fn wait_for_leader(&self, deadline: crate::env::clock::Instant) -> Option<u64> {
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            if self.clock.now() >= deadline {
+                return None;
+            }
+            self.clock.sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Proposes `command` and returns its result once this member has applied it.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
+        let deadline = self.clock.now().add(REQUEST_TIMEOUT);
+        let leader = self.wait_for_leader(deadline).await;
+        if leader != Some(self.id) {
+            return Err(self.redirect(leader));
+        }
+        let remaining = deadline.since(self.clock.now());
+        match self.clock.timeout(remaining, self.raft.client_write(command)).await {
+            Err(_elapsed) => Err(NodeError::Timeout),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(self.redirect(forward.leader_id))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(NodeError::Timeout)
+            }
+            Ok(Err(RaftError::APIError(other))) => Err(NodeError::Stopped(other.to_string())),
+            Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Stopped(fatal.to_string())),
+        }
+    }
+
+    /// Returns once this member's state machine has applied everything acknowledged before the
+    /// call: the ReadIndex barrier of a linearizable read. Only the leader can do it.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let deadline = self.clock.now().add(REQUEST_TIMEOUT);
+        let leader = self.wait_for_leader(deadline).await;
+        if leader != Some(self.id) {
+            return Err(self.redirect(leader));
+        }
+        let remaining = deadline.since(self.clock.now());
+        match self
+            .clock
+            .timeout(remaining, self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+            .await
+        {
+            Err(_elapsed) => Err(NodeError::Timeout),
+            Ok(Ok(_read_log_id)) => Ok(()),
+            Ok(Err(error)) => match (error.forward_to_leader(), &error) {
+                (Some(forward), _) => Err(self.redirect(forward.leader_id)),
+                (None, RaftError::Fatal(fatal)) => Err(NodeError::Stopped(fatal.to_string())),
+                (None, RaftError::APIError(_)) => Err(NodeError::Timeout),
+            },
+        }
+    }
+
+    /// Size of the member's database file in bytes, for `Status`.
+    pub fn db_size_bytes(&self) -> i64 {
+        self.disk.file_len(storage::DATABASE_FILE).unwrap_or(0) as i64
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,65 @@
+//! openraft glue: the type configuration, the redb log store and state machine, the gRPC network
+//! between members, and the Raft service that receives it.
+//!
+//! Architecture Invariant: only `raft/` names openraft. Everything above it (`node`, `api`) sees
+//! [`DetcdRaft`] through the node's small API, and everything below it (`apply`, `mvcc`) sees
+//! plain commands.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state_machine;
+
+use std::fmt;
+
+use crate::apply::CommandResponse;
+use crate::pb::raft::{command, Command};
+
+/// A member as Raft knows it: etcd's name and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MemberNode {
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.op {
+            Some(command::Op::Put(put)) => write!(f, "put({} bytes)", put.key.len()),
+            Some(command::Op::DeleteRange(delete)) => {
+                write!(f, "delete_range({} bytes)", delete.key.len())
+            }
+            None => f.write_str("empty"),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// detcd's Raft types: standard leader ids (at most one leader per term, as the Raft paper).
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = MemberNode,
+        Term = u64,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        Vote = openraft::impls::Vote<Self::LeaderId>,
+        Entry = openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>,
+        AsyncRuntime = crate::env::runtime::DetcdRuntime,
+);
+
+pub type DetcdRaft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type Membership = openraft::Membership<u64, MemberNode>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+/// An I/O error for openraft from any error of ours.
+pub(crate) fn io_error(error: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}

@@ -1,0 +1,69 @@
+//! The server side of Raft between members: the `detcd.raft.Raft` gRPC service, which decodes
+//! each RPC and hands it to the local openraft instance.
+
+use tonic::{Request, Response, Status};
+
+use super::codec;
+use super::{DetcdRaft, Snapshot};
+use crate::pb::raft as pb;
+use crate::pb::raft::raft_server::Raft;
+
+pub struct RaftService {
+    raft: DetcdRaft,
+}
+
+impl RaftService {
+    pub fn new(raft: DetcdRaft) -> Self {
+        Self { raft }
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+fn invalid(error: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let request = codec::append_request_from_pb(request.into_inner()).map_err(invalid)?;
+        let response = self.raft.append_entries(request).await.map_err(unavailable)?;
+        Ok(Response::new(codec::append_response_to_pb(&response)))
+    }
+
+    async fn request_vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let request = codec::vote_request_from_pb(request.get_ref()).map_err(invalid)?;
+        let response = self.raft.vote(request).await.map_err(unavailable)?;
+        Ok(Response::new(codec::vote_response_to_pb(&response)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let request = request.into_inner();
+        let vote = codec::vote_from_pb(&request.vote).map_err(invalid)?;
+        let meta = codec::snapshot_meta_from_pb(&request.meta).map_err(invalid)?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: request.data,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            vote: Some(codec::vote_to_pb(&response.vote)),
+        }))
+    }
+}

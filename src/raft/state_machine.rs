@@ -1,0 +1,307 @@
+//! The Raft state machine: applies committed entries to the MVCC store in redb, and builds and
+//! installs snapshots of it.
+//!
+//! Durability: a batch of applied entries commits with `Durability::None`. What it records as
+//! applied may therefore be lost in a crash — but never gets ahead of the log: an entry is
+//! applied only after it is durably in this member's log, and the log store's next `Immediate`
+//! commit (same database) persists every earlier state-machine commit. After a crash openraft
+//! re-applies from the durable `last_applied` onwards. Snapshots and their installation commit
+//! with `Durability::Immediate`.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::codec;
+use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::apply::{self, CommandResponse, CommandResult};
+use crate::env;
+use crate::mvcc::INITIAL_REVISION;
+use crate::pb::raft as pb;
+use crate::storage::encoding;
+use crate::storage::{KV, KV_REVISIONS, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META};
+
+/// The state machine of one member. Clones share the database and the current snapshot.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    current_snapshot: Arc<Mutex<Option<Snapshot>>>,
+}
+
+/// What the state machine has applied, read in one transaction.
+#[derive(Debug, Clone)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    revision: i64,
+}
+
+fn read_applied_state<T>(meta: &T) -> Result<AppliedState, io::Error>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    let last_applied = match meta.get(META_LAST_APPLIED).map_err(io_error)? {
+        Some(bytes) => Some(codec::log_id_from_pb(
+            &pb::LogId::decode(bytes.value()).map_err(io_error)?,
+        )),
+        None => None,
+    };
+    // The membership is stored as a `SnapshotMeta` message holding only the membership fields.
+    let membership = match meta.get(META_MEMBERSHIP).map_err(io_error)? {
+        Some(bytes) => {
+            let stored = pb::SnapshotMeta::decode(bytes.value()).map_err(io_error)?;
+            codec::stored_membership_from_pb(
+                &stored.last_membership_log_id,
+                &stored.last_membership,
+            )
+            .map_err(io_error)?
+        }
+        None => StoredMembership::default(),
+    };
+    let revision = match meta.get(META_REVISION).map_err(io_error)? {
+        Some(bytes) => encoding::decode_u64(bytes.value())
+            .ok_or_else(|| io_error("corrupt revision"))? as i64,
+        None => INITIAL_REVISION,
+    };
+    Ok(AppliedState {
+        last_applied,
+        membership,
+        revision,
+    })
+}
+
+fn write_applied_state(txn: &WriteTransaction, state: &AppliedState) -> Result<(), io::Error> {
+    let mut meta = txn.open_table(SM_META).map_err(io_error)?;
+    if let Some(log_id) = &state.last_applied {
+        meta.insert(
+            META_LAST_APPLIED,
+            codec::log_id_to_pb(log_id).encode_to_vec().as_slice(),
+        )
+        .map_err(io_error)?;
+    }
+    let (membership_log_id, membership) = codec::stored_membership_to_pb(&state.membership);
+    let stored = pb::SnapshotMeta {
+        last_membership_log_id: membership_log_id,
+        last_membership: Some(membership),
+        ..Default::default()
+    };
+    meta.insert(META_MEMBERSHIP, stored.encode_to_vec().as_slice())
+        .map_err(io_error)?;
+    meta.insert(
+        META_REVISION,
+        encoding::encode_u64(state.revision as u64).as_slice(),
+    )
+    .map_err(io_error)?;
+    Ok(())
+}
+
+/// The store's current revision, read from the state machine's meta table.
+pub fn revision_in<T>(meta: &T) -> Result<i64, io::Error>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    Ok(read_applied_state(meta)?.revision)
+}
+
+impl StateMachine {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self {
+            db,
+            current_snapshot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `f` on a consistent read view of the store (off the async path in real mode).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, io::Error> + Send + 'static,
+    ) -> Result<T, io::Error> {
+        let db = self.db.clone();
+        env::blocking(move || {
+            let txn = db.begin_read().map_err(io_error)?;
+            f(&txn)
+        })
+        .await
+    }
+
+    /// The store's current revision, with the log id it was applied at.
+    pub async fn current_revision(&self) -> Result<i64, io::Error> {
+        self.read(|txn| {
+            let meta = txn.open_table(SM_META).map_err(io_error)?;
+            Ok(read_applied_state(&meta)?.revision)
+        })
+        .await
+    }
+
+    fn dump(db: &Database) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
+        let txn = db.begin_read().map_err(io_error)?;
+        let meta_table = txn.open_table(SM_META).map_err(io_error)?;
+        let state = read_applied_state(&meta_table)?;
+        let mut data = pb::SnapshotData {
+            revision: state.revision,
+            ..Default::default()
+        };
+        for (table, rows) in [(KV, &mut data.kv), (KV_REVISIONS, &mut data.kv_revisions)] {
+            let table = txn.open_table(table).map_err(io_error)?;
+            for item in table.iter().map_err(io_error)? {
+                let (key, value) = item.map_err(io_error)?;
+                rows.push(pb::KeyValuePair {
+                    key: key.value().to_vec(),
+                    value: value.value().to_vec(),
+                });
+            }
+        }
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership,
+        };
+        Ok((meta, data.encode_to_vec()))
+    }
+}
+
+/// Builds a snapshot from the view captured when it was created.
+pub struct SnapshotBuilder {
+    snapshot: Option<Snapshot>,
+    current_snapshot: Arc<Mutex<Option<Snapshot>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let snapshot = self
+            .snapshot
+            .take()
+            .ok_or_else(|| io_error("snapshot builder used twice"))?;
+        *self.current_snapshot.lock().expect("snapshot lock") = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self
+            .read(|txn| {
+                let meta = txn.open_table(SM_META).map_err(io_error)?;
+                read_applied_state(&meta)
+            })
+            .await?;
+        Ok((state.last_applied, state.membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let (batch, responses) = env::blocking(move || -> Result<_, io::Error> {
+            let mut txn = db.begin_write().map_err(io_error)?;
+            txn.set_durability(Durability::None).map_err(io_error)?;
+            let mut state = {
+                let meta = txn.open_table(SM_META).map_err(io_error)?;
+                read_applied_state(&meta)?
+            };
+            let mut responses = Vec::with_capacity(batch.len());
+            for (entry, _) in &batch {
+                let response = match &entry.payload {
+                    EntryPayload::Normal(command) => {
+                        let response =
+                            apply::apply(&txn, state.revision, command).map_err(io_error)?;
+                        assert!(response.revision >= state.revision, "revision went back");
+                        state.revision = response.revision;
+                        response
+                    }
+                    EntryPayload::Membership(membership) => {
+                        state.membership =
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
+                        CommandResponse {
+                            revision: state.revision,
+                            result: CommandResult::None,
+                        }
+                    }
+                    EntryPayload::Blank => CommandResponse {
+                        revision: state.revision,
+                        result: CommandResult::None,
+                    },
+                };
+                state.last_applied = Some(entry.log_id);
+                responses.push(response);
+            }
+            write_applied_state(&txn, &state)?;
+            txn.commit().map_err(io_error)?;
+            Ok((batch, responses))
+        })
+        .await?;
+        for ((_, responder), response) in batch.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let db = self.db.clone();
+        let dumped = env::blocking(move || Self::dump(&db)).await;
+        SnapshotBuilder {
+            snapshot: dumped.ok().map(|(meta, snapshot)| Snapshot { meta, snapshot }),
+            current_snapshot: self.current_snapshot.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = pb::SnapshotData::decode(snapshot.as_slice()).map_err(io_error)?;
+        let state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision: data.revision,
+        };
+        let db = self.db.clone();
+        env::blocking(move || -> Result<(), io::Error> {
+            let txn = db.begin_write().map_err(io_error)?;
+            for (table, rows) in [(KV, &data.kv), (KV_REVISIONS, &data.kv_revisions)] {
+                let mut table = txn.open_table(table).map_err(io_error)?;
+                table.retain(|_, _| false).map_err(io_error)?;
+                for row in rows {
+                    table
+                        .insert(row.key.as_slice(), row.value.as_slice())
+                        .map_err(io_error)?;
+                }
+            }
+            write_applied_state(&txn, &state)?;
+            txn.commit().map_err(io_error)?;
+            Ok(())
+        })
+        .await?;
+        *self.current_snapshot.lock().expect("snapshot lock") = Some(Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.current_snapshot.lock().expect("snapshot lock").clone())
+    }
+}

@@ -1,0 +1,189 @@
+//! The composition root: Env -> storage -> node -> services -> serve, and graceful shutdown.
+//!
+//! One member serves two listeners: clients (etcd's KV, Maintenance, and `Unimplemented` stubs
+//! for the rest) on `--listen-client-urls`, and peers (`detcd.raft.Raft`, plus KV for requests
+//! forwarded by followers) on `--listen-peer-urls`. The same function runs for real (called by
+//! `main`) and inside a simulated node (called by the simulation harness).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tonic::transport::Server;
+
+use crate::api::forward::Forwarder;
+use crate::api::kv::KvService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::validate::GRPC_OVERHEAD_BYTES;
+use crate::api::NotYetImplemented;
+use crate::config::{socket_addr, Config};
+use crate::env::{Clock, Disk};
+use crate::node::{Node, NodeConfig};
+use crate::pb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::pb::raft::raft_server::RaftServer;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::raft::service::RaftService;
+use crate::raft::MemberNode;
+use crate::storage::{StorageError, DATABASE_FILE};
+
+/// Why a member could not start or stopped serving.
+#[derive(Debug)]
+pub enum ServerError {
+    Config(String),
+    Storage(StorageError),
+    Transport(String),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Config(e) => write!(f, "config: {e}"),
+            ServerError::Storage(e) => write!(f, "{e}"),
+            ServerError::Transport(e) => write!(f, "transport: {e}"),
+        }
+    }
+}
+impl std::error::Error for ServerError {}
+
+impl From<StorageError> for ServerError {
+    fn from(e: StorageError) -> Self {
+        ServerError::Storage(e)
+    }
+}
+
+/// Addresses a member listens on, resolved from its config.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub clients: Vec<SocketAddr>,
+    pub peers: Vec<SocketAddr>,
+}
+
+fn resolve(urls: &[String]) -> Result<Vec<SocketAddr>, ServerError> {
+    urls.iter()
+        .map(|url| socket_addr(url).map_err(|e| ServerError::Config(e.0)))
+        .collect()
+}
+
+/// The initial membership, as Raft nodes.
+fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
+    config
+        .initial_members()
+        .into_iter()
+        .map(|(id, (name, peer_urls))| {
+            let own = name == config.name;
+            (
+                id,
+                MemberNode {
+                    name,
+                    peer_url: peer_urls.first().cloned().unwrap_or_default(),
+                    client_url: if own {
+                        config.advertise_client_urls.first().cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs one member until `shutdown` resolves. `on_ready` is called once it listens.
+pub async fn run(
+    config: Config,
+    disk: Disk,
+    clock: Clock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Node, &Listeners),
+) -> Result<(), ServerError> {
+    let listeners = Listeners {
+        clients: resolve(&config.listen_client_urls)?,
+        peers: resolve(&config.listen_peer_urls)?,
+    };
+    let db = {
+        let opener = disk.clone();
+        crate::env::blocking(move || opener.open_database(DATABASE_FILE))
+            .await
+            .map_err(|e| StorageError(format!("open {DATABASE_FILE} on {}: {e}", disk.describe())))?
+    };
+    let node = Node::start(
+        NodeConfig {
+            id: config.member_id(),
+            cluster_id: config.cluster_id(),
+            members: initial_members(&config),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout: config.election_timeout,
+        },
+        disk,
+        Arc::new(db),
+        clock,
+    )
+    .await?;
+
+    let max_request_bytes = config.max_request_bytes;
+    let max_message_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let forwarder = Forwarder::new(max_message_bytes);
+    let kv = |node: &Node| {
+        KvServer::new(KvService::new(node.clone(), forwarder.clone(), max_request_bytes))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for addr in &listeners.clients {
+        let router = Server::builder()
+            .add_service(kv(&node))
+            .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())))
+            .add_service(WatchServer::new(NotYetImplemented))
+            .add_service(LeaseServer::new(NotYetImplemented))
+            .add_service(ClusterServer::new(NotYetImplemented))
+            .add_service(AuthServer::new(NotYetImplemented));
+        let mut stop = stop_rx.clone();
+        let addr = *addr;
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_shutdown(addr, async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+                .map_err(|e| ServerError::Transport(format!("client listener {addr}: {e}")))
+        }));
+    }
+    for addr in &listeners.peers {
+        let router = Server::builder()
+            .add_service(
+                RaftServer::new(RaftService::new(node.raft.clone()))
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            )
+            .add_service(kv(&node));
+        let mut stop = stop_rx.clone();
+        let addr = *addr;
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_shutdown(addr, async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+                .map_err(|e| ServerError::Transport(format!("peer listener {addr}: {e}")))
+        }));
+    }
+    on_ready(&node, &listeners);
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(ServerError::Transport(e.to_string())),
+        }
+    }
+    node.shutdown().await;
+    result
+}

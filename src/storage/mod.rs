@@ -1,0 +1,76 @@
+//! Every redb table of a detcd member and every key/value encoding, in one place.
+//!
+//! One redb database per member (`member/detcd.redb` in the data directory) holds both the Raft
+//! log and the state machine, so one `Immediate` commit of a log append also makes every earlier
+//! state-machine commit (which may use `Durability::None`) durable.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `raft_meta` | `"vote"`, `"committed"`, `"last_purged"` | protobuf (`detcd.raft`) |
+//! | `raft_log` | Raft log index | protobuf `detcd.raft.Entry` |
+//! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
+//! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
+//! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
+//!
+//! Architecture Invariant: no other module defines a table or decides a byte layout.
+
+pub mod encoding;
+
+use redb::TableDefinition;
+
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
+
+pub const META_VOTE: &str = "vote";
+pub const META_COMMITTED: &str = "committed";
+pub const META_LAST_PURGED: &str = "last_purged";
+pub const META_LAST_APPLIED: &str = "last_applied";
+pub const META_MEMBERSHIP: &str = "membership";
+pub const META_REVISION: &str = "revision";
+
+/// The database file of a member, inside its data directory.
+pub const DATABASE_FILE: &str = "detcd.redb";
+
+/// A storage failure. Fatal for the member: detcd stops rather than go on after an I/O error it
+/// cannot trust (an fsync that failed may have lost data).
+#[derive(Debug)]
+pub struct StorageError(pub String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage: {}", self.0)
+    }
+}
+impl std::error::Error for StorageError {}
+
+macro_rules! storage_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self { StorageError(e.to_string()) }
+        }
+    )*};
+}
+storage_error_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    prost::DecodeError
+);
+
+/// Creates every table, so readers never meet a missing one.
+pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
+    let txn = db.begin_write()?;
+    txn.open_table(RAFT_META)?;
+    txn.open_table(RAFT_LOG)?;
+    txn.open_table(SM_META)?;
+    txn.open_table(KV)?;
+    txn.open_table(KV_REVISIONS)?;
+    txn.commit()?;
+    Ok(())
+}
