@@ -2,8 +2,8 @@
 //! Raft protocol (`detcd.raft`) with a vendored `protoc`, so a fresh machine needs only cargo.
 //!
 //! madsim-tonic-build emits both the real tonic code and the simulated one; which is compiled is
-//! chosen by `--cfg madsim`. Services are generated with default stubs, so an RPC that detcd does
-//! not implement yet answers gRPC `Unimplemented` instead of pretending to work.
+//! chosen by `--cfg madsim`. No default stubs: the simulated codegen has none, so every RPC is
+//! implemented explicitly (those not built yet answer `Unimplemented`, see `api/mod.rs`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -18,8 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    tonic_build::configure()
-        .generate_default_stubs(true)
-        .compile_protos(&protos, &["proto"])?;
+    tonic_build::configure().compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -75,10 +75,8 @@ pub fn apply(
             }
         }
         Some(command::Op::DeleteRange(delete)) => {
-            let deleted = writer.delete_range(&KeyRange::new(
-                delete.key.clone(),
-                delete.range_end.clone(),
-            ))?;
+            let deleted = writer
+                .delete_range(&KeyRange::new(delete.key.clone(), delete.range_end.clone()))?;
             CommandResult::DeleteRange {
                 deleted: deleted.len() as i64,
                 prev_kvs: if delete.prev_kv { deleted } else { Vec::new() },

@@ -237,7 +237,9 @@ impl Config {
             socket_addr(url)?;
         }
         if self.listen_client_urls.is_empty() || self.listen_peer_urls.is_empty() {
-            return Err(FlagError("at least one client and one peer URL to listen on is required".into()));
+            return Err(FlagError(
+                "at least one client and one peer URL to listen on is required".into(),
+            ));
         }
         let Some(own_peer_urls) = self.initial_cluster.get(&self.name) else {
             return Err(FlagError(format!(
@@ -303,10 +305,15 @@ fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, F
     let mut cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, url) = part.split_once('=').ok_or_else(|| {
-            FlagError(format!("invalid --initial-cluster entry {part:?}: want name=url"))
+            FlagError(format!(
+                "invalid --initial-cluster entry {part:?}: want name=url"
+            ))
         })?;
         socket_addr(url)?;
-        cluster.entry(name.to_string()).or_default().push(url.to_string());
+        cluster
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
     }
     if cluster.is_empty() {
         return Err(FlagError("--initial-cluster is empty".into()));
@@ -316,9 +323,11 @@ fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, F
 
 /// The socket address of an `http://host:port` URL (hosts must be IP literals or `localhost`).
 pub fn socket_addr(url: &str) -> Result<SocketAddr, FlagError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| FlagError(format!("URL scheme must be http: {url:?} (TLS is not supported yet)")))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        FlagError(format!(
+            "URL scheme must be http: {url:?} (TLS is not supported yet)"
+        ))
+    })?;
     let host_port = rest.trim_end_matches('/');
     let host_port = host_port.replacen("localhost:", "127.0.0.1:", 1);
     host_port
@@ -409,9 +418,18 @@ mod tests {
 
     #[test]
     fn bad_flags_are_refused_with_a_reason() {
-        assert!(parse(&["--bogus", "1"]).unwrap_err().0.contains("not defined"));
-        assert!(parse(&["--name"]).unwrap_err().0.contains("needs an argument"));
-        assert!(parse(&["--name", "x"]).unwrap_err().0.contains("local name"));
+        assert!(parse(&["--bogus", "1"])
+            .unwrap_err()
+            .0
+            .contains("not defined"));
+        assert!(parse(&["--name"])
+            .unwrap_err()
+            .0
+            .contains("needs an argument"));
+        assert!(parse(&["--name", "x"])
+            .unwrap_err()
+            .0
+            .contains("local name"));
         assert!(parse(&["--initial-cluster-state", "old"]).is_err());
         assert!(parse(&["--listen-client-urls", "https://1.2.3.4:1"]).is_err());
     }

@@ -81,7 +81,11 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
                     name,
                     peer_url: peer_urls.first().cloned().unwrap_or_default(),
                     client_url: if own {
-                        config.advertise_client_urls.first().cloned().unwrap_or_default()
+                        config
+                            .advertise_client_urls
+                            .first()
+                            .cloned()
+                            .unwrap_or_default()
                     } else {
                         String::new()
                     },
@@ -107,7 +111,9 @@ pub async fn run(
         let opener = disk.clone();
         crate::env::blocking(move || opener.open_database(DATABASE_FILE))
             .await
-            .map_err(|e| StorageError(format!("open {DATABASE_FILE} on {}: {e}", disk.describe())))?
+            .map_err(|e| {
+                StorageError(format!("open {DATABASE_FILE} on {}: {e}", disk.describe()))
+            })?
     };
     let node = Node::start(
         NodeConfig {
@@ -127,17 +133,23 @@ pub async fn run(
     let max_message_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES;
     let forwarder = Forwarder::new(max_message_bytes);
     let kv = |node: &Node| {
-        KvServer::new(KvService::new(node.clone(), forwarder.clone(), max_request_bytes))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        KvServer::new(KvService::new(
+            node.clone(),
+            forwarder.clone(),
+            max_request_bytes,
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = crate::env::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &listeners.clients {
         let router = Server::builder()
             .add_service(kv(&node))
-            .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())))
+            .add_service(MaintenanceServer::new(MaintenanceService::new(
+                node.clone(),
+            )))
             .add_service(WatchServer::new(NotYetImplemented))
             .add_service(LeaseServer::new(NotYetImplemented))
             .add_service(ClusterServer::new(NotYetImplemented))

@@ -23,9 +23,10 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 /// Marks a request as forwarded.
 pub fn mark<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(
+        FORWARDED_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     request
 }
 

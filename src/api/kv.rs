@@ -1,5 +1,5 @@
 //! etcd's `KV` service: Range, Put and DeleteRange. Txn and Compact answer `Unimplemented` until
-//! their issue lands (generated default stubs).
+//! their issue lands.
 //!
 //! Every request is validated first (`validate`), then either proposed through Raft (writes) or
 //! read after a ReadIndex barrier (linearizable reads) or straight from the local state machine
@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::forward::{self, Forwarder};
+use super::not_yet;
 use super::status::ApiError;
 use super::validate;
 use crate::apply::{ApplyError, CommandResponse, CommandResult};
@@ -18,8 +19,8 @@ use crate::node::{Node, NodeError};
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::raft::{self as pb_raft, command};
 use crate::raft::{io_error, MemberNode};
@@ -93,8 +94,8 @@ fn unimplemented_option(what: &str) -> Status {
 fn check_supported(request: &RangeRequest) -> Result<(), Status> {
     let sort_order = SortOrder::try_from(request.sort_order).unwrap_or(SortOrder::None);
     let sort_target = SortTarget::try_from(request.sort_target).unwrap_or(SortTarget::Key);
-    let natural_order = sort_target == SortTarget::Key
-        && matches!(sort_order, SortOrder::None | SortOrder::Ascend);
+    let natural_order =
+        sort_target == SortTarget::Key && matches!(sort_order, SortOrder::None | SortOrder::Ascend);
     if !natural_order && sort_order != SortOrder::None {
         return Err(unimplemented_option("sort_order/sort_target"));
     }
@@ -110,7 +111,21 @@ fn check_supported(request: &RangeRequest) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn txn(&self, _: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Err(not_yet("txn"))
+    }
+
+    async fn compact(
+        &self,
+        _: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        Err(not_yet("compact"))
+    }
+
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
         validate::range(&request, self.max_request_bytes)?;
@@ -241,9 +256,7 @@ impl Kv for KvService {
         };
         let (deleted, prev_kvs) = match response.result {
             CommandResult::DeleteRange { deleted, prev_kvs } => (deleted, prev_kvs),
-            other => {
-                return Err(ApiError::Internal(format!("delete answered {other:?}")).into())
-            }
+            other => return Err(ApiError::Internal(format!("delete answered {other:?}")).into()),
         };
         Ok(Response::new(DeleteRangeResponse {
             header: self.header(response.revision),

@@ -43,9 +43,10 @@ impl ApiError {
             | ApiError::LeaseProvided => Code::InvalidArgument,
             ApiError::LeaseNotFound => Code::NotFound,
             ApiError::FutureRevision => Code::OutOfRange,
-            ApiError::NoLeader | ApiError::Timeout | ApiError::Stopped | ApiError::LeaderChanged => {
-                Code::Unavailable
-            }
+            ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::Stopped
+            | ApiError::LeaderChanged => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -64,9 +65,7 @@ impl ApiError {
             }
             ApiError::Timeout => "etcdserver: request timed out".into(),
             ApiError::Stopped => "etcdserver: server stopped".into(),
-            ApiError::LeaderChanged => {
-                "etcdserver: leader changed".into()
-            }
+            ApiError::LeaderChanged => "etcdserver: leader changed".into(),
             ApiError::Internal(detail) => format!("detcd: internal error: {detail}"),
         }
     }
@@ -85,12 +84,36 @@ mod tests {
     #[test]
     fn messages_and_codes_match_etcd() {
         let table = [
-            (ApiError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (ApiError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (ApiError::KeyNotFound, Code::InvalidArgument, "etcdserver: key not found"),
-            (ApiError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
-            (ApiError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
-            (ApiError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (
+                ApiError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                ApiError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                ApiError::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                ApiError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                ApiError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ApiError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
         ];
         for (error, code, message) in table {
             let status = Status::from(error);

@@ -47,7 +47,10 @@ pub fn put(request: &PutRequest, max_request_bytes: usize) -> Result<(), ApiErro
     Ok(())
 }
 
-pub fn delete_range(request: &DeleteRangeRequest, max_request_bytes: usize) -> Result<(), ApiError> {
+pub fn delete_range(
+    request: &DeleteRangeRequest,
+    max_request_bytes: usize,
+) -> Result<(), ApiError> {
     if request.key.is_empty() {
         return Err(ApiError::EmptyKey);
     }
@@ -61,7 +64,10 @@ mod tests {
     #[test]
     fn empty_keys_are_refused_everywhere() {
         let max = DEFAULT_MAX_REQUEST_BYTES;
-        assert_eq!(range(&RangeRequest::default(), max), Err(ApiError::EmptyKey));
+        assert_eq!(
+            range(&RangeRequest::default(), max),
+            Err(ApiError::EmptyKey)
+        );
         assert_eq!(put(&PutRequest::default(), max), Err(ApiError::EmptyKey));
         assert_eq!(
             delete_range(&DeleteRangeRequest::default(), max),

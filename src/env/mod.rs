@@ -13,6 +13,7 @@ pub mod disk;
 pub mod rng;
 pub mod runtime;
 pub mod sim_disk;
+pub mod watch;
 
 pub use clock::Clock;
 pub use disk::Disk;
@@ -63,6 +64,7 @@ pub async fn shutdown_signal() {
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
+        biased;
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }

@@ -4,8 +4,9 @@
 //! madsim. This adapter routes spawn, sleep, timeouts and `Instant` through `tokio` as this crate
 //! sees it (madsim-tokio: real tokio for real, madsim under `--cfg madsim`), draws randomness from
 //! the seeded RNG of [`super::rng`], and runs `spawn_blocking` inline in simulation (madsim refuses
-//! threads). Channels and the mutex are openraft-rt-tokio's: they are plain `tokio::sync`, which
-//! needs no runtime and behaves the same in both worlds.
+//! threads). mpsc, oneshot and the mutex are openraft-rt-tokio's plain `tokio::sync` wrappers,
+//! which need no runtime and draw no randomness; the watch channel is our own
+//! ([`super::watch`]), because tokio's wakes waiters in a randomly chosen order.
 //!
 //! Conformance: `openraft_rt::testing::Suite::<DetcdRuntime>::test_all()` runs in this module's
 //! tests, in both modes.
@@ -181,7 +182,7 @@ impl AsyncRuntime for DetcdRuntime {
     }
 
     type Mpsc = openraft_rt_tokio::TokioMpsc;
-    type Watch = openraft_rt_tokio::TokioWatch;
+    type Watch = super::watch::DeterministicWatch;
     type Oneshot = openraft_rt_tokio::TokioOneshot;
     type Mutex<T: OptionalSend + 'static> = openraft_rt_tokio::TokioMutex<T>;
 

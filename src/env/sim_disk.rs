@@ -174,10 +174,7 @@ pub struct SimFileBackend {
 }
 
 impl SimFileBackend {
-    fn with_file<T>(
-        &self,
-        f: impl FnOnce(&mut DiskState, &str) -> io::Result<T>,
-    ) -> io::Result<T> {
+    fn with_file<T>(&self, f: impl FnOnce(&mut DiskState, &str) -> io::Result<T>) -> io::Result<T> {
         let mut state = self.disk.state.lock().expect("sim disk lock");
         if state.epoch != self.epoch {
             return Err(eio("handle fenced by a crash"));

@@ -221,8 +221,12 @@ impl<'txn> Writer<'txn> {
             value: value.to_vec(),
             lease,
         };
-        assert!(kv.create_revision <= kv.mod_revision, "create after mod: {kv:?}");
-        self.kv.insert(key, encoding::encode_key_value(&kv).as_slice())?;
+        assert!(
+            kv.create_revision <= kv.mod_revision,
+            "create after mod: {kv:?}"
+        );
+        self.kv
+            .insert(key, encoding::encode_key_value(&kv).as_slice())?;
         self.history.insert(
             encoding::encode_revision(revision).as_slice(),
             encoding::encode_event(&HistoryEvent::Put(kv)).as_slice(),
@@ -290,14 +294,19 @@ mod tests {
     fn generations_follow_etcd_revision_rules() {
         let db = database();
         let mut rev = INITIAL_REVISION;
-        rev = write(&db, rev, |w| assert_eq!(w.put(b"foo", b"a", 0).unwrap(), None));
+        rev = write(&db, rev, |w| {
+            assert_eq!(w.put(b"foo", b"a", 0).unwrap(), None)
+        });
         assert_eq!(rev, 2);
         rev = write(&db, rev, |w| {
             let prev = w.put(b"foo", b"b", 0).unwrap().unwrap();
             assert_eq!((prev.value.as_slice(), prev.version), (&b"a"[..], 1));
         });
         let foo = read(&db, "foo", "", 0).kvs.remove(0);
-        assert_eq!((foo.create_revision, foo.mod_revision, foo.version), (2, 3, 2));
+        assert_eq!(
+            (foo.create_revision, foo.mod_revision, foo.version),
+            (2, 3, 2)
+        );
         rev = write(&db, rev, |w| {
             assert_eq!(w.delete_range(&KeyRange::new("foo", "")).unwrap().len(), 1)
         });
@@ -306,7 +315,10 @@ mod tests {
             assert_eq!(w.put(b"foo", b"c", 0).unwrap(), None);
         });
         let foo = read(&db, "foo", "", 0).kvs.remove(0);
-        assert_eq!((foo.create_revision, foo.mod_revision, foo.version), (5, 5, 1));
+        assert_eq!(
+            (foo.create_revision, foo.mod_revision, foo.version),
+            (5, 5, 1)
+        );
         assert_eq!(rev, 5);
     }
 

@@ -142,7 +142,10 @@ impl Node {
 
     /// Who to forward to, or that there is no leader.
     fn redirect(&self, leader: Option<u64>) -> NodeError {
-        match leader.filter(|id| *id != self.id).and_then(|id| self.member(id)) {
+        match leader
+            .filter(|id| *id != self.id)
+            .and_then(|id| self.member(id))
+        {
             Some(node) => NodeError::ForwardToLeader(node),
             None => NodeError::NoLeader,
         }
@@ -170,7 +173,11 @@ impl Node {
             return Err(self.redirect(leader));
         }
         let remaining = deadline.since(self.clock.now());
-        match self.clock.timeout(remaining, self.raft.client_write(command)).await {
+        match self
+            .clock
+            .timeout(remaining, self.raft.client_write(command))
+            .await
+        {
             Err(_elapsed) => Err(NodeError::Timeout),
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
@@ -195,7 +202,10 @@ impl Node {
         let remaining = deadline.since(self.clock.now());
         match self
             .clock
-            .timeout(remaining, self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+            .timeout(
+                remaining,
+                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
             .await
         {
             Err(_elapsed) => Err(NodeError::Timeout),

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::EntryPayload;
 
-use super::{Entry, LogId, MemberNode, Membership, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use super::{
+    Entry, LogId, MemberNode, Membership, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+};
 use crate::pb::raft as pb;
 
 #[derive(Debug)]
@@ -145,7 +147,10 @@ pub fn stored_membership_from_pb(
         Some(membership) => membership_from_pb(membership)?,
         None => Membership::default(),
     };
-    Ok(StoredMembership::new(opt_log_id_from_pb(log_id), membership))
+    Ok(StoredMembership::new(
+        opt_log_id_from_pb(log_id),
+        membership,
+    ))
 }
 
 pub fn snapshot_meta_to_pb(meta: &SnapshotMeta) -> pb::SnapshotMeta {
@@ -169,7 +174,9 @@ pub fn snapshot_meta_from_pb(meta: &Option<pb::SnapshotMeta>) -> Result<Snapshot
     })
 }
 
-pub fn append_request_to_pb(request: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+pub fn append_request_to_pb(
+    request: &AppendEntriesRequest<TypeConfig>,
+) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&request.vote)),
         prev_log_id: request.prev_log_id.as_ref().map(log_id_to_pb),
@@ -235,7 +242,9 @@ pub fn vote_request_to_pb(request: &VoteRequest<TypeConfig>) -> pb::VoteRequest 
     }
 }
 
-pub fn vote_request_from_pb(request: &pb::VoteRequest) -> Result<VoteRequest<TypeConfig>, DecodeError> {
+pub fn vote_request_from_pb(
+    request: &pb::VoteRequest,
+) -> Result<VoteRequest<TypeConfig>, DecodeError> {
     Ok(VoteRequest::new(
         vote_from_pb(&request.vote)?,
         opt_log_id_from_pb(&request.last_log_id),
@@ -267,8 +276,21 @@ mod tests {
 
     fn members() -> Membership {
         let nodes = BTreeMap::from([
-            (1, MemberNode { name: "a".into(), peer_url: "http://10.0.0.1:2380".into(), client_url: "http://10.0.0.1:2379".into() }),
-            (2, MemberNode { name: "b".into(), ..MemberNode::default() }),
+            (
+                1,
+                MemberNode {
+                    name: "a".into(),
+                    peer_url: "http://10.0.0.1:2380".into(),
+                    client_url: "http://10.0.0.1:2379".into(),
+                },
+            ),
+            (
+                2,
+                MemberNode {
+                    name: "b".into(),
+                    ..MemberNode::default()
+                },
+            ),
         ]);
         Membership::new(vec![BTreeSet::from([1, 2])], nodes).unwrap()
     }
@@ -276,12 +298,26 @@ mod tests {
     #[test]
     fn entries_round_trip_through_bytes() {
         let command = pb::Command {
-            op: Some(pb::command::Op::Put(pb::Put { key: b"k".to_vec(), value: b"v".to_vec(), prev_kv: true, ..Default::default() })),
+            op: Some(pb::command::Op::Put(pb::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                prev_kv: true,
+                ..Default::default()
+            })),
         };
         let entries = [
-            Entry { log_id: LogId::new_term_index(3, 7), payload: EntryPayload::Normal(command) },
-            Entry { log_id: LogId::new_term_index(1, 1), payload: EntryPayload::Blank },
-            Entry { log_id: LogId::new_term_index(0, 0), payload: EntryPayload::Membership(members()) },
+            Entry {
+                log_id: LogId::new_term_index(3, 7),
+                payload: EntryPayload::Normal(command),
+            },
+            Entry {
+                log_id: LogId::new_term_index(1, 1),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: LogId::new_term_index(0, 0),
+                payload: EntryPayload::Membership(members()),
+            },
         ];
         for entry in entries {
             let bytes = entry_to_pb(&entry).encode_to_vec();
@@ -299,7 +335,10 @@ mod tests {
 
     #[test]
     fn an_entry_without_payload_is_an_error_not_a_panic() {
-        let entry = pb::Entry { log_id: Some(pb::LogId { term: 1, index: 1 }), payload: None };
+        let entry = pb::Entry {
+            log_id: Some(pb::LogId { term: 1, index: 1 }),
+            payload: None,
+        };
         assert!(entry_from_pb(entry).is_err());
     }
 }

@@ -127,7 +127,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             for item in table.range::<u64>(bounds).map_err(io_error)? {
                 let (index, bytes) = item.map_err(io_error)?;
                 let entry = decode_entry(bytes.value())?;
-                assert_eq!(entry.log_id.index, index.value(), "log entry stored at wrong index");
+                assert_eq!(
+                    entry.log_id.index,
+                    index.value(),
+                    "log entry stored at wrong index"
+                );
                 entries.push(entry);
             }
             Ok(entries)
@@ -195,14 +199,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_log_id(META_COMMITTED).await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
-            .map(|entry| (entry.log_id.index, codec::entry_to_pb(&entry).encode_to_vec()))
+            .map(|entry| {
+                (
+                    entry.log_id.index,
+                    codec::entry_to_pb(&entry).encode_to_vec(),
+                )
+            })
             .collect();
         let result = self
             .write(Durability::Immediate, move |txn| {
@@ -229,7 +242,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map_or(0, |log_id| log_id.index + 1);
         self.write(Durability::Immediate, move |txn| {
             let mut table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            table.retain_in::<u64, _>(from.., |_, _| false).map_err(io_error)?;
+            table
+                .retain_in::<u64, _>(from.., |_, _| false)
+                .map_err(io_error)?;
             Ok(())
         })
         .await

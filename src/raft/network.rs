@@ -83,7 +83,10 @@ impl PeerClient {
             }
             Err(_) => {
                 self.client = None;
-                Err(unreachable(format!("member {:x}: timed out after {ttl:?}", self.target)))
+                Err(unreachable(format!(
+                    "member {:x}: timed out after {ttl:?}",
+                    self.target
+                )))
             }
         }
     }
@@ -136,6 +139,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             client.install_snapshot(request).await
         });
         tokio::select! {
+            biased;
             response = send => {
                 let response = response?;
                 let vote = codec::vote_from_pb(&response.vote)

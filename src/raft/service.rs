@@ -33,7 +33,11 @@ impl Raft for RaftService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let request = codec::append_request_from_pb(request.into_inner()).map_err(invalid)?;
-        let response = self.raft.append_entries(request).await.map_err(unavailable)?;
+        let response = self
+            .raft
+            .append_entries(request)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(codec::append_response_to_pb(&response)))
     }
 

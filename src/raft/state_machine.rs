@@ -24,7 +24,9 @@ use crate::env;
 use crate::mvcc::INITIAL_REVISION;
 use crate::pb::raft as pb;
 use crate::storage::encoding;
-use crate::storage::{KV, KV_REVISIONS, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META};
+use crate::storage::{
+    KV, KV_REVISIONS, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META,
+};
 
 /// The state machine of one member. Clones share the database and the current snapshot.
 #[derive(Clone)]
@@ -64,8 +66,9 @@ where
         None => StoredMembership::default(),
     };
     let revision = match meta.get(META_REVISION).map_err(io_error)? {
-        Some(bytes) => encoding::decode_u64(bytes.value())
-            .ok_or_else(|| io_error("corrupt revision"))? as i64,
+        Some(bytes) => {
+            encoding::decode_u64(bytes.value()).ok_or_else(|| io_error("corrupt revision"))? as i64
+        }
         None => INITIAL_REVISION,
     };
     Ok(AppliedState {
@@ -261,7 +264,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let dumped = env::blocking(move || Self::dump(&db)).await;
         SnapshotBuilder {
-            snapshot: dumped.ok().map(|(meta, snapshot)| Snapshot { meta, snapshot }),
+            snapshot: dumped
+                .ok()
+                .map(|(meta, snapshot)| Snapshot { meta, snapshot }),
             current_snapshot: self.current_snapshot.clone(),
         }
     }

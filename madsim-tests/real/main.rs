@@ -1,0 +1,1 @@
+//! Real-mode tests (filled in next).

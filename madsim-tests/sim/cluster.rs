@@ -1,0 +1,392 @@
+//! The simulation harness: a detcd cluster of simulated hosts, each running the real server code
+//! (`detcd::server::run`) on its own `SimDisk` and `Clock`, owned here so they survive kills.
+//!
+//! Scenario tests read as short stories on [`Cluster`]: start, find the leader, write, kill,
+//! crash a disk, partition, heal, restart, and wait for conditions with a timeout — never a fixed
+//! sleep. Every client operation and its outcome is appended to the trace, whose hash shows that
+//! a seed replays the same run.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use detcd::config::{Config, Invocation};
+use detcd::env::sim_disk::CrashMode;
+use detcd::env::{Clock, Disk, SimDisk};
+use detcd::pb::etcdserverpb::kv_client::KvClient;
+use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use detcd::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle};
+use tonic::transport::Channel;
+
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+
+/// One member: its simulated host and what survives the host (disk, clock).
+pub struct Member {
+    pub name: String,
+    pub ip: IpAddr,
+    pub node: NodeHandle,
+    pub disk: SimDisk,
+    pub clock: Clock,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    client: NodeHandle,
+    trace: Vec<String>,
+}
+
+fn member_ip(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1))
+}
+
+fn member_config(index: usize, size: usize) -> Config {
+    let initial_cluster: Vec<String> = (0..size)
+        .map(|i| format!("m{}=http://{}:{PEER_PORT}", i + 1, member_ip(i)))
+        .collect();
+    let ip = member_ip(index);
+    let args: Vec<String> = [
+        "--name".to_string(),
+        format!("m{}", index + 1),
+        "--listen-client-urls".into(),
+        format!("http://{ip}:{CLIENT_PORT}"),
+        "--listen-peer-urls".into(),
+        format!("http://{ip}:{PEER_PORT}"),
+        "--initial-cluster".into(),
+        initial_cluster.join(","),
+    ]
+    .to_vec();
+    match Config::from_args(&args).expect("valid simulated member flags") {
+        Invocation::Run(config) => *config,
+        Invocation::Help => unreachable!(),
+    }
+}
+
+/// The outcome of one client operation, as the trace records it.
+pub type Outcome<T> = Result<T, tonic::Status>;
+
+impl Cluster {
+    /// Starts `size` members and one client host.
+    pub fn start(size: usize) -> Cluster {
+        let handle = Handle::current();
+        let mut members = Vec::new();
+        for index in 0..size {
+            let config = member_config(index, size);
+            let disk = SimDisk::new();
+            let clock = Clock::new();
+            let (init_disk, init_clock) = (disk.clone(), clock.clone());
+            let node = handle
+                .create_node()
+                .name(config.name.clone())
+                .ip(member_ip(index))
+                .init(move || {
+                    let config = config.clone();
+                    let disk = Disk::Sim(init_disk.clone());
+                    let clock = init_clock.clone();
+                    async move {
+                        let result = detcd::server::run(
+                            config,
+                            disk,
+                            clock,
+                            std::future::pending(),
+                            |_, _| {},
+                        )
+                        .await;
+                        if let Err(error) = result {
+                            // A member that cannot serve (e.g. a disk it cannot trust) stops.
+                            eprintln!("member stopped: {error}");
+                        }
+                    }
+                })
+                .build();
+            members.push(Member {
+                name: format!("m{}", index + 1),
+                ip: member_ip(index),
+                node,
+                disk,
+                clock,
+            });
+        }
+        let client = handle
+            .create_node()
+            .name("client")
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+            .build();
+        Cluster {
+            members,
+            client,
+            trace: Vec::new(),
+        }
+    }
+
+    pub fn endpoint(&self, member: usize) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.members[member].ip)
+    }
+
+    /// Appends a line to the trace (hashed for the determinism check).
+    pub fn record(&mut self, line: String) {
+        let now = madsim::time::Instant::now();
+        self.trace.push(format!("{now:?} {line}"));
+    }
+
+    /// FNV-1a of the trace: equal for two runs of one seed.
+    pub fn trace_hash(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.trace {
+            for byte in line.as_bytes().iter().chain(b"\n") {
+                hash ^= *byte as u64;
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// Runs `f` with a KV client to `member`, on the client host, under a deadline.
+    async fn with_kv<T, F, Fut>(&self, member: usize, f: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(KvClient<Channel>) -> Fut + Send + 'static,
+        Fut: Future<Output = Outcome<T>> + Send + 'static,
+    {
+        let endpoint = self.endpoint(member);
+        self.client
+            .spawn(async move {
+                let call = async move {
+                    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                        .expect("valid endpoint")
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    f(KvClient::new(channel)).await
+                };
+                match madsim::time::timeout(Duration::from_secs(15), call).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(tonic::Status::deadline_exceeded("client deadline")),
+                }
+            })
+            .await
+            .expect("client task")
+    }
+
+    /// Puts `key = value` through `member`; returns the revision of the put.
+    pub async fn put(&mut self, member: usize, key: &str, value: &str) -> Outcome<i64> {
+        let request = PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let outcome = self
+            .with_kv(member, move |mut kv| async move {
+                let response = kv.put(request).await?.into_inner();
+                Ok(response.header.map_or(0, |h| h.revision))
+            })
+            .await;
+        self.record(format!(
+            "put m{} {key}={value} -> {:?}",
+            member + 1,
+            brief(&outcome)
+        ));
+        outcome
+    }
+
+    /// Reads `key` through `member` (linearizable unless `serializable`); returns its value.
+    pub async fn get(
+        &mut self,
+        member: usize,
+        key: &str,
+        serializable: bool,
+    ) -> Outcome<Option<String>> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            serializable,
+            ..Default::default()
+        };
+        let outcome = self
+            .with_kv(member, move |mut kv| async move {
+                let response = kv.range(request).await?.into_inner();
+                Ok(response
+                    .kvs
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+            })
+            .await;
+        self.record(format!(
+            "get m{} {key} -> {:?}",
+            member + 1,
+            brief(&outcome)
+        ));
+        outcome
+    }
+
+    /// Every key-value pair `member` has (serializable: its own state machine).
+    pub async fn dump(&self, member: usize) -> Outcome<BTreeMap<String, String>> {
+        let request = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            serializable: true,
+            ..Default::default()
+        };
+        self.with_kv(member, move |mut kv| async move {
+            let response = kv.range(request).await?.into_inner();
+            Ok(response
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                    )
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// `member`'s answer to etcd's `Status`.
+    pub async fn status(&self, member: usize) -> Outcome<StatusResponse> {
+        let endpoint = self.endpoint(member);
+        self.client
+            .spawn(async move {
+                let call = async move {
+                    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                        .expect("valid endpoint")
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let response = MaintenanceClient::new(channel)
+                        .status(StatusRequest {})
+                        .await?;
+                    Ok(response.into_inner())
+                };
+                match madsim::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(tonic::Status::deadline_exceeded("status deadline")),
+                }
+            })
+            .await
+            .expect("client task")
+    }
+
+    /// Waits until `condition` holds, checking every 100 ms of simulated time; panics with
+    /// `what` after `timeout`.
+    pub async fn wait_until<F, Fut>(&self, what: &str, timeout: Duration, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = madsim::time::Instant::now() + timeout;
+        while !condition().await {
+            assert!(
+                madsim::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for: {what}"
+            );
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader that every member in `among` agrees on, if they all do.
+    pub async fn agreed_leader(&self, among: &[usize]) -> Option<usize> {
+        let mut leader_id = None;
+        for &member in among {
+            let status = self.status(member).await.ok()?;
+            if status.leader == 0 || leader_id.is_some_and(|id| id != status.leader) {
+                return None;
+            }
+            leader_id = Some(status.leader);
+        }
+        let leader_id = leader_id?;
+        for &member in among {
+            let status = self.status(member).await.ok()?;
+            if status.header.as_ref().map(|h| h.member_id) == Some(leader_id) {
+                return Some(member);
+            }
+        }
+        None
+    }
+
+    /// Waits for the members in `among` to agree on a leader among them; returns it.
+    pub async fn wait_for_leader(&mut self, among: &[usize]) -> usize {
+        let mut found = None;
+        let deadline = madsim::time::Instant::now() + Duration::from_secs(30);
+        while found.is_none() {
+            found = self.agreed_leader(among).await;
+            assert!(
+                madsim::time::Instant::now() < deadline,
+                "no agreed leader among {among:?} within 30 s"
+            );
+            if found.is_none() {
+                madsim::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let leader = found.expect("leader found");
+        self.record(format!("leader m{}", leader + 1));
+        leader
+    }
+
+    /// The Raft term `member` reports.
+    pub async fn term(&self, member: usize) -> Option<u64> {
+        self.status(member)
+            .await
+            .ok()
+            .and_then(|status| status.header.map(|h| h.raft_term))
+    }
+
+    /// Kills `member`'s process (its disk keeps everything it synced and wrote).
+    pub fn kill(&mut self, member: usize) {
+        Handle::current().kill(self.members[member].node.id());
+        self.record(format!("kill m{}", member + 1));
+    }
+
+    /// Power loss: `member`'s disk loses what the crash mode says, then its process dies.
+    pub fn crash(&mut self, member: usize, mode: CrashMode) {
+        let seed = madsim::rand::random::<u64>();
+        self.members[member].disk.crash(mode, seed);
+        Handle::current().kill(self.members[member].node.id());
+        self.record(format!("crash m{} {mode:?}", member + 1));
+    }
+
+    /// Starts a killed or crashed `member` again on its disk.
+    pub fn restart(&mut self, member: usize) {
+        Handle::current().restart(self.members[member].node.id());
+        self.record(format!("restart m{}", member + 1));
+    }
+
+    /// Cuts every link between `side` and the other members (clients still reach everyone).
+    pub fn partition(&mut self, side: &[usize]) {
+        let net = NetSim::current();
+        for &inside in side {
+            for outside in (0..self.members.len()).filter(|m| !side.contains(m)) {
+                let (a, b) = (
+                    self.members[inside].node.id(),
+                    self.members[outside].node.id(),
+                );
+                net.clog_link(a, b);
+                net.clog_link(b, a);
+            }
+        }
+        self.record(format!("partition {side:?}"));
+    }
+
+    /// Restores every link between members.
+    pub fn heal(&mut self) {
+        let net = NetSim::current();
+        for a in &self.members {
+            for b in &self.members {
+                if a.node.id() != b.node.id() {
+                    net.unclog_link(a.node.id(), b.node.id());
+                }
+            }
+        }
+        self.record("heal".to_string());
+    }
+}
+
+fn brief<T: std::fmt::Debug>(outcome: &Outcome<T>) -> String {
+    match outcome {
+        Ok(value) => format!("ok {value:?}"),
+        Err(status) => format!("err {:?}", status.code()),
+    }
+}
