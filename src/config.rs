@@ -10,10 +10,9 @@
 //! computes the same IDs from the same `--initial-cluster` without talking to the others.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::env::Duration;
+use crate::env::{Duration, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterState {
@@ -426,7 +425,10 @@ mod tests {
             .unwrap_err()
             .0
             .contains("needs an argument"));
-        assert!(parse(&["--name", "x"])
+        // As etcd: --name alone is fine (the initial cluster defaults to this member), but a name
+        // missing from an explicit --initial-cluster is refused.
+        assert!(parse(&["--name", "x"]).is_ok());
+        assert!(parse(&["--name", "x", "--initial-cluster", "y=http://127.0.0.1:2380"])
             .unwrap_err()
             .0
             .contains("local name"));

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::transport::Server;
@@ -18,7 +17,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::NotYetImplemented;
 use crate::config::{socket_addr, Config};
-use crate::env::{Clock, Disk};
+use crate::env::{Clock, Disk, SocketAddr};
 use crate::node::{Node, NodeConfig};
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,

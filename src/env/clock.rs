@@ -18,7 +18,7 @@ impl Instant {
     pub fn since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
-    pub fn add(self, duration: Duration) -> Instant {
+    pub fn plus(self, duration: Duration) -> Instant {
         Instant(self.0.saturating_add(duration.as_nanos() as u64))
     }
     pub fn as_nanos(self) -> u64 {

@@ -22,6 +22,9 @@ pub use sim_disk::SimDisk;
 /// A span of time. Re-exported so the rest of `src/` never names `std::time`.
 pub type Duration = std::time::Duration;
 
+/// A network address (a plain value; all sockets are opened by tonic, which madsim simulates).
+pub type SocketAddr = std::net::SocketAddr;
+
 /// Runs a blocking closure (redb I/O) without stalling the async request path.
 ///
 /// Real mode hands it to tokio's blocking pool. madsim refuses threads, and simulated I/O is

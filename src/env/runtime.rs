@@ -215,12 +215,12 @@ impl AsyncRuntime for DetcdRuntime {
         self.runtime.block_on(future)
     }
 
-    fn spawn_blocking<F, T>(f: F) -> impl Future<Output = Result<T, io::Error>> + Send
+    async fn spawn_blocking<F, T>(f: F) -> Result<T, io::Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        async move { Ok(super::blocking(f).await) }
+        Ok(super::blocking(f).await)
     }
 }
 

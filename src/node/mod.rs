@@ -167,7 +167,7 @@ impl Node {
 
     /// Proposes `command` and returns its result once this member has applied it.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, NodeError> {
-        let deadline = self.clock.now().add(REQUEST_TIMEOUT);
+        let deadline = self.clock.now().plus(REQUEST_TIMEOUT);
         let leader = self.wait_for_leader(deadline).await;
         if leader != Some(self.id) {
             return Err(self.redirect(leader));
@@ -194,7 +194,7 @@ impl Node {
     /// Returns once this member's state machine has applied everything acknowledged before the
     /// call: the ReadIndex barrier of a linearizable read. Only the leader can do it.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let deadline = self.clock.now().add(REQUEST_TIMEOUT);
+        let deadline = self.clock.now().plus(REQUEST_TIMEOUT);
         let leader = self.wait_for_leader(deadline).await;
         if leader != Some(self.id) {
             return Err(self.redirect(leader));

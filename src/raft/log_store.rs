@@ -263,3 +263,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::state_machine::StateMachine;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::type_config::TypeConfigExt;
+    use openraft::StorageError;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for Builder {
+        async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
+            let db = redb::Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+            crate::storage::create_tables(&db)
+                .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+            let db = Arc::new(db);
+            Ok(((), LogStore::new(db.clone()), StateMachine::new(db)))
+        }
+    }
+
+    /// openraft's conformance suite for log stores and state machines, on ours.
+    #[test]
+    fn openraft_log_storage_suite() {
+        TypeConfig::run(async { Suite::test_all(Builder).await }).expect("suite passes");
+    }
+}
