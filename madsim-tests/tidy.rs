@@ -29,8 +29,15 @@ fn sources() -> Vec<(String, String)> {
     files
         .into_iter()
         .map(|path| {
-            let relative = path.strip_prefix(root).expect("under root").display().to_string();
-            (relative, std::fs::read_to_string(&path).expect("read source"))
+            let relative = path
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            (
+                relative,
+                std::fs::read_to_string(&path).expect("read source"),
+            )
         })
         .collect()
 }
@@ -46,13 +53,23 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 #[test]
 fn every_source_file_says_what_it_is() {
     for (path, text) in sources() {
-        assert!(text.starts_with("//!"), "{path} does not open with a //! comment");
+        assert!(
+            text.starts_with("//!"),
+            "{path} does not open with a //! comment"
+        );
     }
 }
 
 #[test]
 fn only_env_touches_the_os() {
-    let forbidden = ["std::time", "std::thread", "std::fs", "std::net", "rand::", "spawn_blocking"];
+    let forbidden = [
+        "std::time",
+        "std::thread",
+        "std::fs",
+        "std::net",
+        "rand::",
+        "spawn_blocking",
+    ];
     let mut leaks = Vec::new();
     for (path, text) in sources() {
         if path.starts_with("src/env/") {

@@ -428,10 +428,15 @@ mod tests {
         // As etcd: --name alone is fine (the initial cluster defaults to this member), but a name
         // missing from an explicit --initial-cluster is refused.
         assert!(parse(&["--name", "x"]).is_ok());
-        assert!(parse(&["--name", "x", "--initial-cluster", "y=http://127.0.0.1:2380"])
-            .unwrap_err()
-            .0
-            .contains("local name"));
+        assert!(parse(&[
+            "--name",
+            "x",
+            "--initial-cluster",
+            "y=http://127.0.0.1:2380"
+        ])
+        .unwrap_err()
+        .0
+        .contains("local name"));
         assert!(parse(&["--initial-cluster-state", "old"]).is_err());
         assert!(parse(&["--listen-client-urls", "https://1.2.3.4:1"]).is_err());
     }
