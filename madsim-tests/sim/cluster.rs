@@ -24,13 +24,11 @@ use tonic::transport::Channel;
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 
-/// One member: its simulated host and what survives the host (disk, clock).
+/// One member: its simulated host and the disk that survives the host.
 pub struct Member {
-    pub name: String,
     pub ip: IpAddr,
     pub node: NodeHandle,
     pub disk: SimDisk,
-    pub clock: Clock,
 }
 
 pub struct Cluster {
@@ -76,8 +74,9 @@ impl Cluster {
         for index in 0..size {
             let config = member_config(index, size);
             let disk = SimDisk::new();
-            let clock = Clock::new();
-            let (init_disk, init_clock) = (disk.clone(), clock.clone());
+            // The clock lives outside the node, like the disk: a restart keeps its skew.
+            let init_clock = Clock::new();
+            let init_disk = disk.clone();
             let node = handle
                 .create_node()
                 .name(config.name.clone())
@@ -103,11 +102,9 @@ impl Cluster {
                 })
                 .build();
             members.push(Member {
-                name: format!("m{}", index + 1),
                 ip: member_ip(index),
                 node,
                 disk,
-                clock,
             });
         }
         let client = handle

@@ -8,6 +8,8 @@
 //! Build: `RUSTFLAGS="--cfg madsim" cargo test --target-dir target/madsim --test sim`.
 
 #![cfg(madsim)]
+// Test code drives real processes and threads: the seam rule (.clippy.toml) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod cluster;
 mod scenarios;

@@ -6,6 +6,9 @@
 //! Everything time-dependent in a node (election timers excepted — openraft reads the runtime's
 //! `Instant`) reads this handle, never the OS.
 
+// This module is the seam: under madsim, tokio's Instant is std's, virtualised by the simulator.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::{Arc, Mutex};
 
 use super::Duration;

@@ -11,6 +11,9 @@
 //! Conformance: `openraft_rt::testing::Suite::<DetcdRuntime>::test_all()` runs in this module's
 //! tests, in both modes.
 
+// This module is the seam: under madsim, tokio's Instant is std's, virtualised by the simulator.
+#![allow(clippy::disallowed_methods)]
+
 use std::fmt;
 use std::future::Future;
 use std::io;
