@@ -1,6 +1,6 @@
 //! Simulation tests: whole detcd clusters inside madsim, on seeds.
 //!
-//! Each scenario runs over a seed range (`DETCD_SIM_SEEDS=a..b`, default `1..5`) plus one random
+//! Each scenario runs over a seed range (`DETCD_SIM_SEEDS=a..b`, default `1..33`) plus one random
 //! seed that is printed, or over exactly one seed (`DETCD_SIM_SEED=n`). A failure prints the
 //! seed and the one command that replays it. `determinism` runs one seed of each scenario twice
 //! under madsim's determinism checker and compares our own trace hashes.
@@ -25,7 +25,7 @@ fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("DETCD_SIM_SEED") {
         return vec![seed.parse().expect("DETCD_SIM_SEED is a number")];
     }
-    let range = std::env::var("DETCD_SIM_SEEDS").unwrap_or_else(|_| "1..5".to_string());
+    let range = std::env::var("DETCD_SIM_SEEDS").unwrap_or_else(|_| "1..33".to_string());
     let (start, end) = range
         .split_once("..")
         .expect("DETCD_SIM_SEEDS looks like 1..100");

@@ -1,7 +1,6 @@
 //! etcd's `Maintenance` service: `Status` (for `etcdctl endpoint status`). The other RPCs
 //! answer `Unimplemented` until their issues land.
 
-use openraft::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -76,22 +75,21 @@ impl Maintenance for MaintenanceService {
             .current_revision()
             .await
             .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
-        let metrics = self.node.raft.metrics();
-        let metrics = metrics.borrow_watched().clone();
+        let raft = self.node.raft_status();
         let db_size = self.node.db_size_bytes();
         Ok(Response::new(StatusResponse {
             header: Some(convert::header(
                 self.node.cluster_id,
                 self.node.id,
                 revision,
-                metrics.current_term,
+                raft.term,
             )),
             version: ETCD_API_VERSION.to_string(),
             db_size,
-            leader: metrics.current_leader.unwrap_or(0),
-            raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term: metrics.current_term,
-            raft_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            leader: raft.leader,
+            raft_index: raft.last_log_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
             errors: Vec::new(),
             db_size_in_use: db_size,
             is_learner: false,

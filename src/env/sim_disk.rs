@@ -290,4 +290,66 @@ mod tests {
         }
         assert!(torn_somewhere_inside, "some seed tears the write part way");
     }
+
+    /// Parity: with no crash, a SimDisk file and a real file given the same operations read back
+    /// the same bytes, and a redb database on each holds the same data.
+    #[test]
+    fn behaves_like_the_file_backend_when_nothing_crashes() {
+        use redb::backends::FileBackend;
+        use redb::{ReadableDatabase, TableDefinition};
+
+        let path = std::env::temp_dir().join(format!("detcd-parity-{}", std::process::id()));
+        #[allow(clippy::disallowed_methods)]
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let real = FileBackend::new(file).unwrap();
+        let disk = SimDisk::new();
+        let sim = disk.open_file("parity");
+        let ops: [(u64, &[u8]); 4] = [
+            (0, b"abc"),
+            (4096, b"page two"),
+            (1, b"XY"),
+            (9000, b"tail"),
+        ];
+        for backend in [&real as &dyn StorageBackend, &sim as &dyn StorageBackend] {
+            backend.set_len(8192).unwrap();
+            for (offset, data) in ops {
+                backend.write(offset, data).unwrap();
+            }
+            backend.sync_data().unwrap();
+            backend.set_len(9004).unwrap();
+        }
+        assert_eq!(real.len().unwrap(), sim.len().unwrap());
+        let (mut from_real, mut from_sim) = (vec![0; 9004], vec![0; 9004]);
+        real.read(0, &mut from_real).unwrap();
+        sim.read(0, &mut from_sim).unwrap();
+        assert_eq!(from_real, from_sim);
+        assert!(
+            sim.read(9000, &mut [0; 8]).is_err(),
+            "reads past the end fail, as on a file"
+        );
+        drop(real);
+        #[allow(clippy::disallowed_methods)]
+        let _ = std::fs::remove_file(&path);
+
+        const TABLE: TableDefinition<u64, &str> = TableDefinition::new("t");
+        let db = redb::Database::builder()
+            .create_with_backend(disk.open_file("db"))
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TABLE).unwrap().insert(7, "seven").unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let db = redb::Database::builder()
+            .create_with_backend(disk.open_file("db"))
+            .unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(TABLE).unwrap();
+        assert_eq!(table.get(7).unwrap().unwrap().value(), "seven");
+    }
 }

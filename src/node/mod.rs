@@ -42,6 +42,16 @@ pub enum NodeError {
     Stopped(String),
 }
 
+/// This member's view of Raft, for `Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+}
+
 /// What a node needs to start.
 pub struct NodeConfig {
     pub id: u64,
@@ -123,6 +133,17 @@ impl Node {
     /// The current Raft term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow_watched().current_term
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        RaftStatus {
+            term: metrics.current_term,
+            leader: metrics.current_leader.unwrap_or(0),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+        }
     }
 
     /// The leader this member knows of, if any.
