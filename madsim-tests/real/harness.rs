@@ -231,13 +231,27 @@ impl Drop for Process {
 /// Runs `etcdctl --endpoints=endpoint args`; returns stdout, stderr (without the client's own
 /// JSON log lines, which carry timestamps) and the exit code, as one normalisable text.
 pub fn etcdctl(endpoint: &str, args: &[String]) -> String {
-    let output = Command::new("etcdctl")
+    etcdctl_with_input(endpoint, args, &[])
+}
+
+/// [`etcdctl`] with `input` on its standard input (how etcdctl takes values too large for an
+/// argument).
+pub fn etcdctl_with_input(endpoint: &str, args: &[String], input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run etcdctl (apt-get install etcd-client)");
+    let mut stdin = child.stdin.take().expect("etcdctl stdin");
+    // etcdctl may exit before reading all of it (e.g. on a usage error); that is its answer.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait for etcdctl");
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     for line in String::from_utf8_lossy(&output.stderr).lines() {
         if !line.starts_with("{\"level\":") {
@@ -321,7 +335,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-fn number_after(text: &str, prefix: &str) -> Option<u64> {
+pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
     let at = text.find(prefix)? + prefix.len();
     let digits: String = text[at..]
         .chars()

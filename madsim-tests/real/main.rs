@@ -154,6 +154,54 @@ fn kill_9_loses_no_acknowledged_write() {
     assert_eq!(without_term(&after), without_term(&before));
 }
 
+/// Bad input gets etcd's error and is never proposed: the Raft index and the revision stay put.
+#[test]
+fn bad_input_is_never_proposed() {
+    let dir = TempDir::new("bad-input");
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let status = ["endpoint", "status", "-w", "json"].map(String::from);
+    let raft_index = |text: &str| harness::number_after(text, "\"raft_index\":");
+    let revision = |text: &str| harness::number_after(text, "\"revision\":");
+    assert_eq!(
+        etcdctl(
+            &detcd.client_endpoint,
+            &["put".into(), "a".into(), "1".into()]
+        ),
+        "OK\nexit 0\n"
+    );
+    let before = etcdctl(&detcd.client_endpoint, &status);
+    let refused = [
+        (vec!["put", "", "v"], "etcdserver: key is not provided"),
+        (
+            vec!["put", "--lease=1234", "a", "v"],
+            "etcdserver: requested lease not found",
+        ),
+        (vec!["del", ""], "etcdserver: key is not provided"),
+    ];
+    for (args, message) in refused {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let out = etcdctl(&detcd.client_endpoint, &args);
+        assert!(
+            out.contains(message) && out.ends_with("exit 1\n"),
+            "{args:?}: {out}"
+        );
+    }
+    let too_large = vec![b'x'; 1536 * 1024 + 1];
+    let out = harness::etcdctl_with_input(
+        &detcd.client_endpoint,
+        &["put".into(), "big".into()],
+        &too_large,
+    );
+    assert!(out.contains("etcdserver: request is too large"), "{out}");
+    let after = etcdctl(&detcd.client_endpoint, &status);
+    assert_eq!(
+        raft_index(&after),
+        raft_index(&before),
+        "a refused request reached the log"
+    );
+    assert_eq!(revision(&after), revision(&before));
+}
+
 #[test]
 fn sigterm_stops_cleanly() {
     let dir = TempDir::new("sigterm");

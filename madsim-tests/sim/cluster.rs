@@ -189,6 +189,44 @@ impl Cluster {
         outcome
     }
 
+    /// Sends `count` puts through `member` all at once, each from its own connection (as many
+    /// clients would); returns how many were acknowledged.
+    pub async fn concurrent_puts(&mut self, member: usize, count: usize) -> usize {
+        let endpoint = self.endpoint(member);
+        let acked = self
+            .client
+            .spawn(async move {
+                let puts = (0..count).map(|i| {
+                    let endpoint = endpoint.clone();
+                    async move {
+                        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                            .expect("valid endpoint")
+                            .connect()
+                            .await
+                            .ok()?;
+                        let request = PutRequest {
+                            key: format!("concurrent{i:04}").into_bytes(),
+                            value: b"v".to_vec(),
+                            ..Default::default()
+                        };
+                        KvClient::new(channel).put(request).await.ok()
+                    }
+                });
+                let all = futures::future::join_all(puts);
+                match madsim::time::timeout(Duration::from_secs(15), all).await {
+                    Ok(results) => results.into_iter().filter(Option::is_some).count(),
+                    Err(_) => 0,
+                }
+            })
+            .await
+            .expect("client task");
+        self.record(format!(
+            "{count} concurrent puts m{} -> {acked} acked",
+            member + 1
+        ));
+        acked
+    }
+
     /// Reads `key` through `member` (linearizable unless `serializable`); returns its value.
     pub async fn get(
         &mut self,

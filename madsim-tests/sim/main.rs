@@ -120,6 +120,11 @@ fn crash_recovery() {
 }
 
 #[test]
+fn group_commit() {
+    sweep("group_commit", scenarios::group_commit);
+}
+
+#[test]
 fn determinism() {
     let seed = seeds()[0];
     check_determinism("leader_killed", seed, scenarios::leader_killed);

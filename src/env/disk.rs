@@ -52,6 +52,17 @@ impl Disk {
         }
     }
 
+    /// Called after a durable (fsynced) write: on a simulated disk, waits out the fsync's
+    /// simulated latency. A real fsync already took its time inside the write.
+    pub async fn after_sync(&self) {
+        if let Disk::Sim(disk) = self {
+            let latency = disk.sync_latency();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+        }
+    }
+
     /// A human-readable location, for logs.
     pub fn describe(&self) -> String {
         match self {

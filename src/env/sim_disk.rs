@@ -15,6 +15,11 @@
 //!
 //! Faults. `fail_reads`, `fail_writes` and `fail_syncs` make the matching calls fail with EIO
 //! (redb then refuses further writes, and the node must stop); `flip_bit` corrupts one durable bit.
+//!
+//! Time. An fsync takes `sync_latency` of simulated time (default 1 ms, madsim's timer grain; a
+//! real fdatasync here takes ~0.14 ms). redb calls `sync_data` synchronously, so the latency is
+//! paid by the caller afterwards ([`super::Disk::after_sync`]); meanwhile new requests queue up,
+//! which is what makes group commit happen. A slow or stalling disk is a larger latency.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -56,12 +61,27 @@ struct DiskState {
     fail_writes: bool,
     fail_syncs: bool,
     syncs: u64,
+    sync_latency: std::time::Duration,
 }
 
 /// One simulated node's disk. Cheap to clone; clones are the same disk.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
+}
+
+/// The default simulated fsync time.
+pub const DEFAULT_SYNC_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Default for SimDisk {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(Mutex::new(DiskState {
+                sync_latency: DEFAULT_SYNC_LATENCY,
+                ..DiskState::default()
+            })),
+        }
+    }
 }
 
 fn eio(what: &str) -> io::Error {
@@ -157,6 +177,15 @@ impl SimDisk {
                 }
             }
         }
+    }
+
+    /// Makes every fsync take `latency` of simulated time (a slow or stalling disk).
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        self.state.lock().expect("sim disk lock").sync_latency = latency;
+    }
+
+    pub fn sync_latency(&self) -> std::time::Duration {
+        self.state.lock().expect("sim disk lock").sync_latency
     }
 
     /// How many `sync_data` calls succeeded, over all files (for fsync-per-request accounting).

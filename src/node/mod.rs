@@ -100,7 +100,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StorageError(format!("raft config: {e}")))?;
-        let log_store = LogStore::new(db.clone());
+        let log_store = LogStore::new(db.clone(), disk.clone());
         let membership = Membership::new(
             vec![config.members.keys().copied().collect::<BTreeSet<u64>>()],
             config.members.clone(),

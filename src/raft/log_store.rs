@@ -19,7 +19,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::{io_error, Entry, LogId, Membership, TypeConfig, Vote};
-use crate::env;
+use crate::env::{self, Disk};
 use crate::pb::raft as pb;
 use crate::storage::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
@@ -27,11 +27,12 @@ use crate::storage::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    disk: Disk,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub fn new(db: Arc<Database>, disk: Disk) -> Self {
+        Self { db, disk }
     }
 
     async fn write<T: Send + 'static>(
@@ -40,14 +41,18 @@ impl LogStore {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, io::Error> + Send + 'static,
     ) -> Result<T, io::Error> {
         let db = self.db.clone();
-        env::blocking(move || {
+        let write = move || -> Result<T, io::Error> {
             let mut txn = db.begin_write().map_err(io_error)?;
             txn.set_durability(durability).map_err(io_error)?;
             let value = f(&txn)?;
             txn.commit().map_err(io_error)?;
             Ok(value)
-        })
-        .await
+        };
+        let value = env::blocking(write).await?;
+        if matches!(durability, Durability::Immediate) {
+            self.disk.after_sync().await;
+        }
+        Ok(value)
     }
 
     /// Writes the first boot's state, as etcd bootstraps a member: the initial membership as
@@ -282,7 +287,11 @@ mod tests {
             crate::storage::create_tables(&db)
                 .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
             let db = Arc::new(db);
-            Ok(((), LogStore::new(db.clone()), StateMachine::new(db)))
+            Ok((
+                (),
+                LogStore::new(db.clone(), Disk::Sim(crate::env::SimDisk::new())),
+                StateMachine::new(db),
+            ))
         }
     }
 
