@@ -16,6 +16,7 @@
 // Test code drives real processes and threads: the seam rule (.clippy.toml) is for src/.
 #![allow(clippy::disallowed_methods)]
 
+mod client;
 mod harness;
 
 use std::time::Duration;

@@ -1,0 +1,218 @@
+//! The same KV cases through etcd's Rust client (`etcd-client`), against etcd 3.4 and detcd: the
+//! fields etcdctl does not print (headers, `more`, `count`, prev_kv details, gRPC codes) must be
+//! equal once cluster and member IDs are set aside.
+
+use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
+
+use crate::harness::{Process, TempDir};
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+fn kv(kv: &etcd_client::KeyValue) -> String {
+    format!(
+        "{}={} create={} mod={} version={} lease={}",
+        kv.key_str().unwrap_or("?"),
+        kv.value_str().unwrap_or("?"),
+        kv.create_revision(),
+        kv.mod_revision(),
+        kv.version(),
+        kv.lease()
+    )
+}
+
+fn header(header: Option<&etcd_client::ResponseHeader>) -> String {
+    match header {
+        Some(h) => format!(
+            "rev={} term={} ids_set={}",
+            h.revision(),
+            h.raft_term(),
+            h.cluster_id() != 0 && h.member_id() != 0
+        ),
+        None => "no header".to_string(),
+    }
+}
+
+fn error(error: etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{:?}: {}", status.code(), status.message())
+        }
+        other => format!("client error: {other}"),
+    }
+}
+
+/// Runs the cases against `endpoint`; one line per response.
+async fn transcript(endpoint: &str) -> Vec<String> {
+    let mut client = Client::connect([endpoint], None).await.expect("connect");
+    let mut lines = Vec::new();
+    for (key, value) in [
+        ("svc/a", "10.0.0.1"),
+        ("svc/b", "10.0.0.2"),
+        ("svc/c", "10.0.0.3"),
+    ] {
+        let put = client.put(key, value, None).await.map_err(error);
+        lines.push(match put {
+            Ok(r) => format!(
+                "put {key}: {} prev={:?}",
+                header(r.header()),
+                r.prev_key().map(kv)
+            ),
+            Err(e) => format!("put {key}: {e}"),
+        });
+    }
+    let put = client
+        .put("svc/a", "10.0.0.9", Some(PutOptions::new().with_prev_key()))
+        .await;
+    lines.push(match put.map_err(error) {
+        Ok(r) => format!(
+            "put prev: {} prev={:?}",
+            header(r.header()),
+            r.prev_key().map(kv)
+        ),
+        Err(e) => format!("put prev: {e}"),
+    });
+    let cases: Vec<(&str, &str, GetOptions)> = vec![
+        ("get", "svc/a", GetOptions::new()),
+        ("prefix", "svc/", GetOptions::new().with_prefix()),
+        (
+            "prefix limit",
+            "svc/",
+            GetOptions::new().with_prefix().with_limit(2),
+        ),
+        ("from key", "svc/b", GetOptions::new().with_from_key()),
+        (
+            "keys only",
+            "svc/",
+            GetOptions::new().with_prefix().with_keys_only(),
+        ),
+        (
+            "count only",
+            "svc/",
+            GetOptions::new().with_prefix().with_count_only(),
+        ),
+        (
+            "serializable",
+            "svc/a",
+            GetOptions::new().with_serializable(),
+        ),
+        ("missing", "nope", GetOptions::new()),
+        ("range", "svc/a", GetOptions::new().with_range("svc/c")),
+        ("empty key", "", GetOptions::new()),
+    ];
+    for (name, key, options) in cases {
+        let get = client.get(key, Some(options)).await;
+        lines.push(match get.map_err(error) {
+            Ok(r) => format!(
+                "{name}: {} count={} more={} kvs={:?}",
+                header(r.header()),
+                r.count(),
+                r.more(),
+                r.kvs().iter().map(kv).collect::<Vec<_>>()
+            ),
+            Err(e) => format!("{name}: {e}"),
+        });
+    }
+    let deletes: Vec<(&str, &str, DeleteOptions)> = vec![
+        ("delete prev", "svc/a", DeleteOptions::new().with_prev_key()),
+        ("delete none", "svc/a", DeleteOptions::new()),
+        (
+            "delete prefix",
+            "svc/",
+            DeleteOptions::new().with_prefix().with_prev_key(),
+        ),
+        ("delete empty", "", DeleteOptions::new()),
+    ];
+    for (name, key, options) in deletes {
+        let delete = client.delete(key, Some(options)).await;
+        lines.push(match delete.map_err(error) {
+            Ok(r) => format!(
+                "{name}: {} deleted={} prev={:?}",
+                header(r.header()),
+                r.deleted(),
+                r.prev_kvs().iter().map(kv).collect::<Vec<_>>()
+            ),
+            Err(e) => format!("{name}: {e}"),
+        });
+    }
+    let empty = client.put("", "v", None).await.map_err(error);
+    lines.push(format!(
+        "put empty key: {:?}",
+        empty.map(|r| header(r.header()))
+    ));
+    lines
+}
+
+#[test]
+fn etcd_client_sees_the_same_responses_as_from_etcd() {
+    let dir = TempDir::new("client");
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let etcd = Process::etcd_single(&dir, "etcd");
+    let expected = block_on(transcript(&etcd.client_endpoint));
+    let actual = block_on(transcript(&detcd.client_endpoint));
+    assert_eq!(expected.len(), actual.len());
+    println!("{}", actual.join("\n"));
+    let differences: Vec<String> = expected
+        .iter()
+        .zip(&actual)
+        .filter(|(e, a)| e != a)
+        .map(|(e, a)| format!("etcd:  {e}\ndetcd: {a}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        expected.len(),
+        differences.join("\n")
+    );
+}
+
+/// As in etcd, a request served through a follower is answered in the follower's name, with the
+/// same cluster ID, and its write is visible through every member.
+#[test]
+fn a_follower_answers_in_its_own_name() {
+    let dir = TempDir::new("client-cluster");
+    let members = Process::detcd_cluster(&dir, 3);
+    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
+    let leader = crate::harness::wait_for_leader(&endpoints);
+    let follower = (leader + 1) % 3;
+    block_on(async {
+        let mut via_follower = Client::connect([endpoints[follower].as_str()], None)
+            .await
+            .expect("connect");
+        let status = via_follower.status().await.expect("status");
+        let follower_id = status.header().expect("header").member_id();
+        let put = via_follower
+            .put("written/through/follower", "yes", None)
+            .await
+            .expect("put");
+        let put_header = put.header().expect("header");
+        assert_eq!(
+            put_header.member_id(),
+            follower_id,
+            "answered in the follower's name"
+        );
+        assert_eq!(
+            put_header.cluster_id(),
+            status.header().expect("header").cluster_id()
+        );
+        let revision = put_header.revision();
+        for endpoint in &endpoints {
+            let mut client = Client::connect([endpoint.as_str()], None)
+                .await
+                .expect("connect");
+            let get = client
+                .get("written/through/follower", None)
+                .await
+                .expect("get");
+            assert_eq!(get.kvs().len(), 1, "visible through {endpoint}");
+            assert_eq!(get.kvs()[0].mod_revision(), revision);
+            assert!(get.header().expect("header").revision() >= revision);
+        }
+    });
+}
