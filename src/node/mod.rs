@@ -28,6 +28,10 @@ use crate::storage::{self, StorageError};
 /// (etcd: 5 s plus two election timeouts).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// Applied entries between two snapshots (etcd's `--snapshot-count` default). A snapshot copies
+/// the whole state machine, so taking one too often costs more than the log it lets us purge.
+pub const SNAPSHOT_COUNT: u64 = 100_000;
+
 /// Why a request could not be served here.
 #[derive(Debug, Clone)]
 pub enum NodeError {
@@ -94,7 +98,7 @@ impl Node {
             election_timeout_max: election_ms * 2,
             install_snapshot_timeout: 10_000,
             max_payload_entries: 1024,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_COUNT),
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         }
