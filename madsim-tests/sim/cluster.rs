@@ -141,11 +141,11 @@ impl Cluster {
         hash
     }
 
-    /// Runs `f` with a KV client to `member`, on the client host, under a deadline.
-    async fn with_kv<T, F, Fut>(&self, member: usize, f: F) -> Outcome<T>
+    /// Runs `f` on the client host with a channel to `member`'s client port, under `deadline`.
+    async fn on_client<T, F, Fut>(&self, member: usize, deadline: Duration, f: F) -> Outcome<T>
     where
         T: Send + 'static,
-        F: FnOnce(KvClient<Channel>) -> Fut + Send + 'static,
+        F: FnOnce(Channel) -> Fut + Send + 'static,
         Fut: Future<Output = Outcome<T>> + Send + 'static,
     {
         let endpoint = self.endpoint(member);
@@ -157,15 +157,28 @@ impl Cluster {
                         .connect()
                         .await
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                    f(KvClient::new(channel)).await
+                    f(channel).await
                 };
-                match madsim::time::timeout(Duration::from_secs(15), call).await {
+                match madsim::time::timeout(deadline, call).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(tonic::Status::deadline_exceeded("client deadline")),
                 }
             })
             .await
             .expect("client task")
+    }
+
+    /// Runs `f` with a KV client to `member` (15 s deadline: longer than a request timeout).
+    async fn with_kv<T, F, Fut>(&self, member: usize, f: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(KvClient<Channel>) -> Fut + Send + 'static,
+        Fut: Future<Output = Outcome<T>> + Send + 'static,
+    {
+        self.on_client(member, Duration::from_secs(15), move |channel| {
+            f(KvClient::new(channel))
+        })
+        .await
     }
 
     /// Puts `key = value` through `member`; returns the revision of the put.
@@ -280,29 +293,15 @@ impl Cluster {
         .await
     }
 
-    /// `member`'s answer to etcd's `Status`.
+    /// `member`'s answer to etcd's `Status` (2 s deadline: a member that does not answer is down).
     pub async fn status(&self, member: usize) -> Outcome<StatusResponse> {
-        let endpoint = self.endpoint(member);
-        self.client
-            .spawn(async move {
-                let call = async move {
-                    let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                        .expect("valid endpoint")
-                        .connect()
-                        .await
-                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                    let response = MaintenanceClient::new(channel)
-                        .status(StatusRequest {})
-                        .await?;
-                    Ok(response.into_inner())
-                };
-                match madsim::time::timeout(Duration::from_secs(2), call).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(tonic::Status::deadline_exceeded("status deadline")),
-                }
-            })
-            .await
-            .expect("client task")
+        self.on_client(member, Duration::from_secs(2), |channel| async move {
+            let response = MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await?;
+            Ok(response.into_inner())
+        })
+        .await
     }
 
     /// Waits until `condition` holds, checking every 100 ms of simulated time; panics with
