@@ -120,6 +120,11 @@ fn crash_recovery() {
 }
 
 #[test]
+fn leader_crash_after_ack() {
+    sweep("leader_crash_after_ack", scenarios::leader_crash_after_ack);
+}
+
+#[test]
 fn group_commit() {
     sweep("group_commit", scenarios::group_commit);
 }

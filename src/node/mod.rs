@@ -100,6 +100,11 @@ impl Node {
             max_payload_entries: 1024,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_COUNT),
             max_in_snapshot_log_to_keep: 1000,
+            // A restarted leader must not resume its old term: its committed index and state
+            // machine are only as new as its last fsync, which may predate writes it had
+            // acknowledged, and a ReadIndex from them would serve stale reads. Without restore
+            // it wins a new term and commits in it first (`leader_crash_after_ack` scenario).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -4,8 +4,9 @@
 //! `Durability::Immediate` (an fsync) before they return, and `append` tells openraft the entries
 //! are flushed only after that commit. openraft hands `append` every entry that queued up while
 //! the previous write was in flight, so one fsync covers many client requests (group commit).
-//! `save_committed` is a hint for faster recovery and commits without fsync: a stale committed
-//! index is always safe, it only means re-learning it from the leader.
+//! `save_committed` is a hint for faster recovery and commits without fsync, so after a crash it
+//! may be older than what this member had acknowledged. That is safe only because a restarted
+//! member never resumes leadership of its old term (`enable_leader_restore` is off in `node`).
 
 use std::fmt::Debug;
 use std::io;
