@@ -16,7 +16,7 @@ use crate::api::kv::KvService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::NotYetImplemented;
-use crate::config::{socket_addr, Config};
+use crate::config::{socket_addr, ClusterState, Config};
 use crate::env::{Clock, Disk, SocketAddr};
 use crate::node::{Node, NodeConfig};
 use crate::pb::etcdserverpb::{
@@ -67,29 +67,20 @@ fn resolve(urls: &[String]) -> Result<Vec<SocketAddr>, ServerError> {
         .collect()
 }
 
-/// The initial membership, as Raft nodes.
+/// The initial membership, as Raft nodes. Every member must build exactly the same one (it is
+/// the log's first entry), so it holds only what `--initial-cluster` says: names and peer URLs.
 fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
     config
         .initial_members()
         .into_iter()
         .map(|(id, (name, peer_urls))| {
-            let own = name == config.name;
-            (
-                id,
-                MemberNode {
-                    name,
-                    peer_url: peer_urls.first().cloned().unwrap_or_default(),
-                    client_url: if own {
-                        config
-                            .advertise_client_urls
-                            .first()
-                            .cloned()
-                            .unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                },
-            )
+            let peer_url = peer_urls.first().cloned().unwrap_or_default();
+            let member = MemberNode {
+                name,
+                peer_url,
+                client_url: String::new(),
+            };
+            (id, member)
         })
         .collect()
 }
@@ -117,6 +108,7 @@ pub async fn run(
     let node = Node::start(
         NodeConfig {
             id: config.member_id(),
+            bootstrap: config.initial_cluster_state == ClusterState::New,
             cluster_id: config.cluster_id(),
             members: initial_members(&config),
             heartbeat_interval: config.heartbeat_interval,

@@ -218,6 +218,29 @@ fn sigterm_stops_cleanly() {
     assert_eq!(status, Some(0), "detcd exits 0 on SIGTERM");
 }
 
+/// detcd cannot join a running cluster yet, so `existing` with no data is refused, not treated
+/// as a new member (which would have forgotten its vote).
+#[test]
+fn existing_cluster_state_without_data_is_refused() {
+    let dir = TempDir::new("existing");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_detcd"))
+        .args(["--name", "m", "--data-dir"])
+        .arg(dir.0.join("m"))
+        .args(["--initial-cluster-state", "existing"])
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", harness::free_port()),
+        ])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", harness::free_port()),
+        ])
+        .output()
+        .expect("run detcd");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--initial-cluster-state=existing"));
+}
+
 #[test]
 fn help_lists_flags() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_detcd"))

@@ -368,8 +368,10 @@ impl Cluster {
             .and_then(|status| status.header.map(|h| h.raft_term))
     }
 
-    /// Kills `member`'s process (its disk keeps everything it synced and wrote).
+    /// Kills `member`'s process: its disk keeps everything written, synced or not, but the dying
+    /// process cannot flush a clean shutdown (its handles are fenced first), as with SIGKILL.
     pub fn kill(&mut self, member: usize) {
+        self.members[member].disk.fence();
         Handle::current().kill(self.members[member].node.id());
         self.record(format!("kill m{}", member + 1));
     }

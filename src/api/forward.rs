@@ -2,7 +2,9 @@
 //!
 //! The leader's peer URL serves the KV service too, so no client URL has to be known for it. A
 //! forwarded request carries the `detcd-forwarded` metadata; a member that receives one and is
-//! not the leader answers instead of forwarding again, so a request never loops.
+//! not the leader answers instead of forwarding again, so a request never loops. A forwarded call
+//! gives up after the request timeout (a stale leader behind a partition never answers), which
+//! the client sees as `etcdserver: request timed out`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::env::Duration;
+use crate::node::REQUEST_TIMEOUT;
 use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::MemberNode;
 
 pub const FORWARDED_METADATA: &str = "detcd-forwarded";
@@ -52,13 +57,16 @@ impl Forwarder {
             None => {
                 let channel = Endpoint::from_shared(leader.peer_url.clone())
                     .map_err(|e| Status::unavailable(format!("bad leader URL: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(REQUEST_TIMEOUT)
                     .connect_lazy();
                 channels.insert(leader.peer_url.clone(), channel.clone());
                 channel
             }
         };
+        // Requests are bounded by --max-request-bytes; responses (a large range) are not.
         Ok(KvClient::new(channel)
-            .max_decoding_message_size(self.max_message_bytes)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(self.max_message_bytes))
     }
 }

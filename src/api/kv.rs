@@ -77,6 +77,14 @@ impl KvService {
     }
 }
 
+/// A failed call to the leader: a deadline is etcd's request timeout, anything else passes on.
+fn forward_status(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ApiError::Timeout.into(),
+        _ => status,
+    }
+}
+
 /// The status for a node error; `forwarded` requests are never forwarded again.
 pub fn node_status(error: NodeError) -> Status {
     match error {
@@ -90,13 +98,18 @@ fn unimplemented_option(what: &str) -> Status {
     Status::unimplemented(format!("detcd: range option {what} is not supported yet"))
 }
 
-/// Options whose etcd semantics detcd does not serve yet are refused, never ignored.
+/// Options whose etcd semantics detcd does not serve yet are refused, never ignored. Results come
+/// in key order, which is what etcd gives for target KEY with order NONE or ASCEND; any other
+/// target is sorted by etcd (ascending when the order is NONE), so it is refused until sorting
+/// lands. Unknown enum values are etcd 3.5's `ErrGRPCInvalidSortOption`.
 fn check_supported(request: &RangeRequest) -> Result<(), Status> {
-    let sort_order = SortOrder::try_from(request.sort_order).unwrap_or(SortOrder::None);
-    let sort_target = SortTarget::try_from(request.sort_target).unwrap_or(SortTarget::Key);
-    let natural_order =
-        sort_target == SortTarget::Key && matches!(sort_order, SortOrder::None | SortOrder::Ascend);
-    if !natural_order && sort_order != SortOrder::None {
+    let (Ok(sort_order), Ok(sort_target)) = (
+        SortOrder::try_from(request.sort_order),
+        SortTarget::try_from(request.sort_target),
+    ) else {
+        return Err(ApiError::InvalidSortOption.into());
+    };
+    if sort_target != SortTarget::Key || sort_order == SortOrder::Descend {
         return Err(unimplemented_option("sort_order/sort_target"));
     }
     if request.min_mod_revision != 0
@@ -138,7 +151,8 @@ impl Kv for KvService {
                         .forwarder
                         .kv(&leader)?
                         .range(forward::mark(request))
-                        .await?
+                        .await
+                        .map_err(forward_status)?
                         .into_inner();
                     self.rewrite_header(&mut response.header);
                     return Ok(Response::new(response));
@@ -211,7 +225,8 @@ impl Kv for KvService {
                     .forwarder
                     .kv(&leader)?
                     .put(forward::mark(request))
-                    .await?
+                    .await
+                    .map_err(forward_status)?
                     .into_inner();
                 self.rewrite_header(&mut response.header);
                 return Ok(Response::new(response));
@@ -248,7 +263,8 @@ impl Kv for KvService {
                     .forwarder
                     .kv(&leader)?
                     .delete_range(forward::mark(request))
-                    .await?
+                    .await
+                    .map_err(forward_status)?
                     .into_inner();
                 self.rewrite_header(&mut response.header);
                 return Ok(Response::new(response));

@@ -23,6 +23,8 @@ pub enum ApiError {
     NoLeader,
     /// `ErrGRPCFutureRev`
     FutureRevision,
+    /// `ErrGRPCInvalidSortOption` (etcd 3.5)
+    InvalidSortOption,
     /// `ErrGRPCTimeout`
     Timeout,
     /// `ErrGRPCStopped`
@@ -40,7 +42,8 @@ impl ApiError {
             | ApiError::RequestTooLarge
             | ApiError::KeyNotFound
             | ApiError::ValueProvided
-            | ApiError::LeaseProvided => Code::InvalidArgument,
+            | ApiError::LeaseProvided
+            | ApiError::InvalidSortOption => Code::InvalidArgument,
             ApiError::LeaseNotFound => Code::NotFound,
             ApiError::FutureRevision => Code::OutOfRange,
             ApiError::NoLeader
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::ValueProvided => "etcdserver: value is provided".into(),
             ApiError::LeaseProvided => "etcdserver: lease is provided".into(),
             ApiError::NoLeader => "etcdserver: no leader".into(),
+            ApiError::InvalidSortOption => "etcdserver: invalid sort option".into(),
             ApiError::FutureRevision => {
                 "etcdserver: mvcc: required revision is a future revision".into()
             }

@@ -2,11 +2,12 @@
 //!
 //! Durability model. Each file has two images: `visible` (what reads see: every write so far) and
 //! `durable` (what survives a crash: the state at the last `sync_data`), plus the ordered list of
-//! operations since that sync. `sync_data` makes `durable = visible`. A crash replaces `visible`
-//! with `durable` plus, depending on the seeded crash mode, nothing, a random prefix of the pending
-//! operations, or such a prefix followed by one operation torn at a 512-byte sector boundary.
-//! This is what a real disk with a volatile write cache may do, and it is what redb's commit
-//! protocol must survive.
+//! operations since that sync. `sync_data` makes `durable = visible`. A crash (power loss)
+//! replaces `visible` with `durable` plus, depending on the seeded crash mode, nothing, a random
+//! prefix of the pending operations, such a prefix followed by one operation torn at a 512-byte
+//! sector boundary, or a random subset of them (a write cache that reorders). This is what redb's
+//! commit protocol must survive. A process kill is not a crash: the kernel keeps what was
+//! written, so [`SimDisk::fence`] only fences the old handles.
 //!
 //! Epoch fencing. madsim's `kill` drops the node's futures, and with them its `redb::Database`,
 //! whose clean close would flush everything and make a crash prove nothing. So every backend handle
@@ -51,6 +52,8 @@ pub enum CrashMode {
     KeepPrefix,
     /// A random prefix survives and the next write is torn at a sector boundary.
     TearNext,
+    /// A random subset survives, each pending operation independently (reordered writes).
+    KeepSubset,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +127,13 @@ impl SimDisk {
         state.files.get(name).map(|file| file.visible.len() as u64)
     }
 
+    /// The process using this disk died: every open handle is fenced (a dropped `Database` cannot
+    /// flush a clean shutdown), but everything written stays, synced or not, as in the kernel's
+    /// page cache.
+    pub fn fence(&self) {
+        self.state.lock().expect("sim disk lock").epoch += 1;
+    }
+
     /// Crashes the disk: fences every open handle and keeps only what the crash mode allows.
     pub fn crash(&self, mode: CrashMode, seed: u64) {
         let mut rng = SplitMix64::new(seed);
@@ -136,6 +146,14 @@ impl SimDisk {
                 CrashMode::DropUnsynced => 0,
                 CrashMode::KeepPrefix | CrashMode::TearNext => {
                     rng.below(pending.len() as u64 + 1) as usize
+                }
+                CrashMode::KeepSubset => {
+                    for op in &pending {
+                        if rng.below(2) == 1 {
+                            SimFile::apply(&mut image, op);
+                        }
+                    }
+                    0
                 }
             };
             for op in &pending[..kept] {
@@ -297,6 +315,43 @@ mod tests {
         reopened.read(0, &mut out).unwrap();
         assert_eq!(&out, b"hello");
         assert_eq!(reopened.len().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_fence_keeps_unsynced_writes_but_kills_old_handles() {
+        let disk = SimDisk::new();
+        let file = disk.open_file("a");
+        file.write(0, b"unsynced").unwrap();
+        disk.fence();
+        assert!(
+            file.write(0, b"late").is_err(),
+            "a fenced handle writes nothing"
+        );
+        let mut out = vec![0; 8];
+        disk.open_file("a").read(0, &mut out).unwrap();
+        assert_eq!(&out, b"unsynced");
+    }
+
+    #[test]
+    fn keep_subset_can_keep_a_later_write_without_an_earlier_one() {
+        let mut reordered = false;
+        for seed in 0..64 {
+            let disk = SimDisk::new();
+            let file = disk.open_file("a");
+            file.set_len(2).unwrap();
+            file.sync_data().unwrap();
+            file.write(0, b"1").unwrap();
+            file.write(1, b"2").unwrap();
+            disk.crash(CrashMode::KeepSubset, seed);
+            let mut out = vec![0; 2];
+            disk.open_file("a").read(0, &mut out).unwrap();
+            assert!(out[0] == 0 || out[0] == b'1');
+            reordered |= out == [0, b'2'];
+        }
+        assert!(
+            reordered,
+            "some seed keeps the second write but not the first"
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct RaftStatus {
 /// What a node needs to start.
 pub struct NodeConfig {
     pub id: u64,
+    /// `--initial-cluster-state new`: a member with no data bootstraps the initial membership.
+    /// With `existing` it must already have data (joining a running cluster needs MemberAdd).
+    pub bootstrap: bool,
     pub cluster_id: u64,
     pub members: BTreeMap<u64, MemberNode>,
     pub heartbeat_interval: Duration,
@@ -115,10 +118,24 @@ impl Node {
             config.members.clone(),
         )
         .map_err(|e| StorageError(format!("initial membership: {e}")))?;
-        log_store
-            .bootstrap(config.id, membership)
+        if config.bootstrap {
+            log_store
+                .bootstrap(config.id, membership)
+                .await
+                .map_err(|e| StorageError(format!("bootstrap: {e}")))?;
+        } else if log_store
+            .is_fresh()
             .await
-            .map_err(|e| StorageError(format!("bootstrap: {e}")))?;
+            .map_err(|e| StorageError(e.to_string()))?
+        {
+            // A member that lost its data must not come back as a new one: it would have forgotten
+            // its vote and could vote twice in one term.
+            return Err(StorageError(
+                "--initial-cluster-state=existing with an empty data directory: joining a running \
+                 cluster (MemberAdd) is not supported yet; restore the member's data directory"
+                    .to_string(),
+            ));
+        }
         let state_machine = StateMachine::new(db.clone());
         let raft = DetcdRaft::new(
             config.id,

@@ -83,6 +83,20 @@ impl LogStore {
         .await
     }
 
+    /// Whether this store has never been written (no log entry, no vote).
+    pub async fn is_fresh(&self) -> Result<bool, io::Error> {
+        let has_vote = self.read_meta(META_VOTE).await?.is_some();
+        let db = self.db.clone();
+        let has_log = env::blocking(move || -> Result<bool, io::Error> {
+            let txn = db.begin_read().map_err(io_error)?;
+            let log = txn.open_table(RAFT_LOG).map_err(io_error)?;
+            let first = log.first().map_err(io_error)?;
+            Ok(first.is_some())
+        })
+        .await?;
+        Ok(!has_vote && !has_log)
+    }
+
     async fn read_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, io::Error> {
         let db = self.db.clone();
         env::blocking(move || {

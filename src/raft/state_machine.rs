@@ -167,6 +167,18 @@ impl StateMachine {
     }
 }
 
+/// Makes `snapshot` the current one unless a newer one is already there: a build runs in its
+/// own task, so an installed (newer) snapshot may land before an older build finishes.
+fn keep_newest(current: &Mutex<Option<Snapshot>>, snapshot: Snapshot) {
+    let mut current = current.lock().expect("snapshot lock");
+    let newer = current
+        .as_ref()
+        .is_none_or(|existing| existing.meta.last_log_id <= snapshot.meta.last_log_id);
+    if newer {
+        *current = Some(snapshot);
+    }
+}
+
 /// Builds a snapshot from the view captured when it was created.
 pub struct SnapshotBuilder {
     snapshot: Option<Snapshot>,
@@ -181,7 +193,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .snapshot
             .take()
             .ok_or_else(|| io_error("snapshot builder used twice"))?;
-        *self.current_snapshot.lock().expect("snapshot lock") = Some(snapshot.clone());
+        keep_newest(&self.current_snapshot, snapshot.clone());
         Ok(snapshot)
     }
 }
@@ -299,10 +311,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         })
         .await?;
-        *self.current_snapshot.lock().expect("snapshot lock") = Some(Snapshot {
-            meta: meta.clone(),
-            snapshot,
-        });
+        keep_newest(
+            &self.current_snapshot,
+            Snapshot {
+                meta: meta.clone(),
+                snapshot,
+            },
+        );
         Ok(())
     }
 
