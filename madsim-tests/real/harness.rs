@@ -29,12 +29,19 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// A free TCP port on 127.0.0.1 for a server to take. Tests run in parallel in this process, so
+/// ports come from a counter (never the same twice in a run), in a range below the kernel's
+/// ephemeral ports (32768 and up, which clients' connections use), and are checked bindable.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() as usize % 500) * 20;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// A server process (detcd or etcd) that can be killed and restarted with the same flags.
