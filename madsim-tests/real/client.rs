@@ -2,7 +2,7 @@
 //! fields etcdctl does not print (headers, `more`, `count`, prev_kv details, gRPC codes) must be
 //! equal once cluster and member IDs are set aside.
 
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
+use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget};
 
 use crate::harness::{Process, TempDir};
 
@@ -100,6 +100,78 @@ async fn transcript(endpoint: &str) -> Vec<String> {
             "serializable",
             "svc/a",
             GetOptions::new().with_serializable(),
+        ),
+        (
+            "count only limit",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_limit(1),
+        ),
+        (
+            "keys only limit",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_keys_only()
+                .with_limit(1),
+        ),
+        (
+            "min mod",
+            "svc/",
+            GetOptions::new().with_prefix().with_min_mod_revision(4),
+        ),
+        (
+            "max mod",
+            "svc/",
+            GetOptions::new().with_prefix().with_max_mod_revision(3),
+        ),
+        (
+            "create window",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_min_create_revision(3)
+                .with_max_create_revision(3),
+        ),
+        (
+            "filter limit",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_min_mod_revision(3)
+                .with_limit(1),
+        ),
+        (
+            "sort mod none",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Mod, SortOrder::None)
+                .with_limit(2),
+        ),
+        (
+            "sort value none",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Value, SortOrder::None)
+                .with_limit(1),
+        ),
+        (
+            "sort create descend",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Descend),
+        ),
+        (
+            "sort version ascend",
+            "svc/",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Version, SortOrder::Ascend),
         ),
         ("missing", "nope", GetOptions::new()),
         ("range", "svc/a", GetOptions::new().with_range("svc/c")),

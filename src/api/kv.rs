@@ -94,32 +94,35 @@ pub fn node_status(error: NodeError) -> Status {
     }
 }
 
-fn unimplemented_option(what: &str) -> Status {
-    Status::unimplemented(format!("detcd: range option {what} is not supported yet"))
-}
-
-/// Options whose etcd semantics detcd does not serve yet are refused, never ignored. Results come
-/// in key order, which is what etcd gives for target KEY with order NONE or ASCEND; any other
-/// target is sorted by etcd (ascending when the order is NONE), so it is refused until sorting
-/// lands. Unknown enum values are etcd 3.5's `ErrGRPCInvalidSortOption`.
-fn check_supported(request: &RangeRequest) -> Result<(), Status> {
+/// The range options of a request; unknown enum values are etcd 3.5's
+/// `ErrGRPCInvalidSortOption`.
+fn range_options(request: &RangeRequest) -> Result<mvcc::RangeOptions, Status> {
     let (Ok(sort_order), Ok(sort_target)) = (
         SortOrder::try_from(request.sort_order),
         SortTarget::try_from(request.sort_target),
     ) else {
         return Err(ApiError::InvalidSortOption.into());
     };
-    if sort_target != SortTarget::Key || sort_order == SortOrder::Descend {
-        return Err(unimplemented_option("sort_order/sort_target"));
-    }
-    if request.min_mod_revision != 0
-        || request.max_mod_revision != 0
-        || request.min_create_revision != 0
-        || request.max_create_revision != 0
-    {
-        return Err(unimplemented_option("min/max revision filters"));
-    }
-    Ok(())
+    Ok(mvcc::RangeOptions {
+        limit: request.limit,
+        count_only: request.count_only,
+        sort_order: match sort_order {
+            SortOrder::None => mvcc::SortOrder::None,
+            SortOrder::Ascend => mvcc::SortOrder::Ascend,
+            SortOrder::Descend => mvcc::SortOrder::Descend,
+        },
+        sort_target: match sort_target {
+            SortTarget::Key => mvcc::SortTarget::Key,
+            SortTarget::Version => mvcc::SortTarget::Version,
+            SortTarget::Create => mvcc::SortTarget::Create,
+            SortTarget::Mod => mvcc::SortTarget::Mod,
+            SortTarget::Value => mvcc::SortTarget::Value,
+        },
+        min_mod_revision: request.min_mod_revision,
+        max_mod_revision: request.max_mod_revision,
+        min_create_revision: request.min_create_revision,
+        max_create_revision: request.max_create_revision,
+    })
 }
 
 #[tonic::async_trait]
@@ -142,7 +145,7 @@ impl Kv for KvService {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
         validate::range(&request, self.max_request_bytes)?;
-        check_supported(&request)?;
+        let options = range_options(&request)?;
         if !request.serializable {
             match self.node.read_barrier().await {
                 Ok(()) => {}
@@ -161,13 +164,12 @@ impl Kv for KvService {
             }
         }
         let key_range = KeyRange::new(request.key.clone(), request.range_end.clone());
-        let limit = request.limit;
         let (result, revision) = self
             .node
             .state_machine
             .read(move |txn| {
                 let kv = txn.open_table(KV).map_err(io_error)?;
-                let result = mvcc::range(&kv, &key_range, limit).map_err(io_error)?;
+                let result = mvcc::range(&kv, &key_range, &options).map_err(io_error)?;
                 let meta = txn.open_table(SM_META).map_err(io_error)?;
                 let revision = crate::raft::state_machine::revision_in(&meta)?;
                 Ok((result, revision))

@@ -139,21 +139,127 @@ fn decode(bytes: &[u8]) -> Result<KeyValue, StorageError> {
         .ok_or_else(|| StorageError("corrupt key-value record".to_string()))
 }
 
-/// Reads the live keys of `range` (at the current revision), at most `limit` of them (0: no
-/// limit), counting every key in the range.
-pub fn range<T>(table: &T, range: &KeyRange, limit: i64) -> Result<RangeResult, StorageError>
+/// How results are ordered (etcd's `RangeRequest.SortOrder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What results are ordered by (etcd's `RangeRequest.SortTarget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// The options of a range read that shape its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RangeOptions {
+    /// At most this many key-values (0: no limit).
+    pub limit: i64,
+    /// Only count: no key-values are fetched, so `more` is false (as etcd).
+    pub count_only: bool,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Each filter is off when 0.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeOptions {
+    fn has_filters(&self) -> bool {
+        self.min_mod_revision != 0
+            || self.max_mod_revision != 0
+            || self.min_create_revision != 0
+            || self.max_create_revision != 0
+    }
+
+    /// etcd sorts ascending when a target other than the key is named without an order.
+    fn effective_order(&self) -> SortOrder {
+        match (self.sort_order, self.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (order, _) => order,
+        }
+    }
+
+    fn keeps(&self, kv: &KeyValue) -> bool {
+        let within = |value: i64, min: i64, max: i64| {
+            (min == 0 || value >= min) && (max == 0 || value <= max)
+        };
+        within(
+            kv.mod_revision,
+            self.min_mod_revision,
+            self.max_mod_revision,
+        ) && within(
+            kv.create_revision,
+            self.min_create_revision,
+            self.max_create_revision,
+        )
+    }
+}
+
+/// Reads the live keys of `range` (at the current revision), in etcd's order of operations
+/// (`v3_server.go` `Range`):
+///
+/// 1. fetch: every key if an order was requested or a filter is set, otherwise the first
+///    `limit + 1` keys in key order (all of them without a limit);
+/// 2. drop keys outside the min/max mod and create revision filters;
+/// 3. sort (stably: ties stay in key order) by the target, ascending if a target other than the
+///    key is named with order NONE — which, as in etcd, sorts only the keys fetched in step 1;
+/// 4. cut to `limit`, with `more` if that cut any.
+///
+/// `count` is every key in the range, whatever the limit and the filters. With `count_only` no
+/// key-value is fetched at all, so nothing is cut and `more` is false.
+pub fn range<T>(
+    table: &T,
+    range: &KeyRange,
+    options: &RangeOptions,
+) -> Result<RangeResult, StorageError>
 where
     T: ReadableTable<&'static [u8], &'static [u8]>,
 {
+    let limit = options.limit;
+    let fetch_all = options.sort_order != SortOrder::None || options.has_filters() || limit <= 0;
     let mut result = RangeResult::default();
     for_each_live(table, range, |bytes| {
         result.count += 1;
-        if limit <= 0 || (result.kvs.len() as i64) < limit {
-            result.kvs.push(decode(bytes)?);
+        if options.count_only {
+            return Ok(true);
+        }
+        if fetch_all || (result.kvs.len() as i64) <= limit {
+            let kv = decode(bytes)?;
+            if options.keeps(&kv) {
+                result.kvs.push(kv);
+            }
         }
         Ok(true)
     })?;
-    result.more = (result.kvs.len() as i64) < result.count;
+    let compare = |a: &KeyValue, b: &KeyValue| match options.sort_target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match options.effective_order() {
+        SortOrder::Ascend => result.kvs.sort_by(compare),
+        SortOrder::Descend => result.kvs.sort_by(|a, b| compare(b, a)),
+        SortOrder::None => {}
+    }
+    if limit > 0 && result.kvs.len() as i64 > limit {
+        result.kvs.truncate(limit as usize);
+        result.more = true;
+    }
     Ok(result)
 }
 
@@ -287,7 +393,11 @@ mod tests {
     fn read(db: &Database, key: &str, range_end: &str, limit: i64) -> RangeResult {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(KV).unwrap();
-        range(&table, &KeyRange::new(key, range_end), limit).unwrap()
+        let options = RangeOptions {
+            limit,
+            ..RangeOptions::default()
+        };
+        range(&table, &KeyRange::new(key, range_end), &options).unwrap()
     }
 
     #[test]
@@ -384,5 +494,89 @@ mod tests {
         assert_eq!(read(&db, "z", "a", 0).count, 0);
         // A limit equal to the count leaves nothing out.
         assert!(!read(&db, "testke", "testkf", 4).more);
+    }
+
+    #[test]
+    fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
+        let db = database();
+        // a=1 (rev 2), b=3 (rev 3), c=2 (rev 4), then a again (rev 5): a{create 2, mod 5, version 2}
+        let mut rev = INITIAL_REVISION;
+        for (key, value) in [("a", "1"), ("b", "3"), ("c", "2"), ("a", "4")] {
+            rev = write(&db, rev, |w| {
+                w.put(key.as_bytes(), value.as_bytes(), 0).unwrap();
+            });
+        }
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(KV).unwrap();
+        let all = KeyRange::new("\0", "\0");
+        let keys = |options: RangeOptions| -> (Vec<String>, i64, bool) {
+            let r = range(&table, &all, &options).unwrap();
+            let keys = r
+                .kvs
+                .into_iter()
+                .map(|kv| String::from_utf8(kv.key).unwrap())
+                .collect();
+            (keys, r.count, r.more)
+        };
+        let by = |sort_target, sort_order| RangeOptions {
+            sort_target,
+            sort_order,
+            ..RangeOptions::default()
+        };
+        assert_eq!(
+            keys(by(SortTarget::Value, SortOrder::Ascend)).0,
+            ["c", "b", "a"]
+        );
+        assert_eq!(
+            keys(by(SortTarget::Mod, SortOrder::Descend)).0,
+            ["a", "c", "b"]
+        );
+        // A target without an order sorts ascending, as etcd.
+        assert_eq!(
+            keys(by(SortTarget::Create, SortOrder::None)).0,
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            keys(by(SortTarget::Key, SortOrder::Descend)).0,
+            ["c", "b", "a"]
+        );
+        // Ties (version 1 for b and c) keep key order, ascending and descending.
+        assert_eq!(
+            keys(by(SortTarget::Version, SortOrder::Ascend)).0,
+            ["b", "c", "a"]
+        );
+        assert_eq!(
+            keys(by(SortTarget::Version, SortOrder::Descend)).0,
+            ["a", "b", "c"]
+        );
+        // A target without an order sorts only the first limit + 1 keys in key order (etcd).
+        let quirk = RangeOptions {
+            limit: 1,
+            ..by(SortTarget::Value, SortOrder::None)
+        };
+        assert_eq!(keys(quirk), (vec!["b".to_string()], 3, true));
+        // Sort, then limit; count is every key in the range.
+        let limited = RangeOptions {
+            limit: 1,
+            ..by(SortTarget::Value, SortOrder::Descend)
+        };
+        assert_eq!(keys(limited), (vec!["a".to_string()], 3, true));
+        // Count only: nothing fetched, nothing cut.
+        let count_only = RangeOptions {
+            limit: 1,
+            count_only: true,
+            ..RangeOptions::default()
+        };
+        assert_eq!(keys(count_only), (vec![], 3, false));
+        // Filters drop keys but not from the count.
+        let filtered = RangeOptions {
+            min_mod_revision: 3,
+            max_create_revision: 3,
+            ..RangeOptions::default()
+        };
+        assert_eq!(
+            keys(filtered),
+            (vec!["a".to_string(), "b".to_string()], 3, false)
+        );
     }
 }
