@@ -152,6 +152,7 @@ pub async fn crash_recovery() -> u64 {
         CrashMode::DropUnsynced,
         CrashMode::KeepPrefix,
         CrashMode::TearNext,
+        CrashMode::KeepSubset,
     ];
     let mode = modes[madsim::rand::thread_rng().gen_range(0..modes.len())];
     let mut cluster = Cluster::start(3);
