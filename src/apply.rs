@@ -59,15 +59,15 @@ pub fn apply(
             match (&previous, put.ignore_value || put.ignore_lease) {
                 (None, true) => CommandResult::Rejected(ApplyError::KeyNotFound),
                 _ => {
-                    let value = match (&previous, put.ignore_value) {
-                        (Some(prev), true) => prev.value.clone(),
-                        _ => put.value.clone(),
+                    let value: &[u8] = match (&previous, put.ignore_value) {
+                        (Some(prev), true) => &prev.value,
+                        _ => &put.value,
                     };
                     let lease = match (&previous, put.ignore_lease) {
                         (Some(prev), true) => prev.lease,
                         _ => put.lease,
                     };
-                    writer.put(&put.key, &value, lease)?;
+                    writer.put_over(previous.as_ref(), &put.key, value, lease)?;
                     CommandResult::Put {
                         prev_kv: previous.filter(|_| put.prev_kv),
                     }

@@ -185,7 +185,7 @@ impl Cluster {
     pub async fn put(&mut self, member: usize, key: &str, value: &str) -> Outcome<i64> {
         let request = PutRequest {
             key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec().into(),
             ..Default::default()
         };
         let outcome = self
@@ -219,7 +219,7 @@ impl Cluster {
                             .ok()?;
                         let request = PutRequest {
                             key: format!("concurrent{i:04}").into_bytes(),
-                            value: b"v".to_vec(),
+                            value: bytes::Bytes::from_static(b"v"),
                             ..Default::default()
                         };
                         KvClient::new(channel).put(request).await.ok()

@@ -82,10 +82,10 @@ mod tests {
             key: b"k".to_vec(),
             ..Default::default()
         };
-        request.value = vec![b'v'; max];
+        request.value = vec![b'v'; max].into();
         assert_eq!(put(&request, max), Err(ApiError::RequestTooLarge));
         while request.encoded_len() > max {
-            request.value.pop();
+            request.value.truncate(request.value.len() - 1);
         }
         assert_eq!(put(&request, max), Ok(()));
     }
@@ -95,7 +95,7 @@ mod tests {
         let max = DEFAULT_MAX_REQUEST_BYTES;
         let request = PutRequest {
             key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            value: bytes::Bytes::from_static(b"v"),
             ignore_value: true,
             lease: 5,
             ignore_lease: true,
@@ -103,7 +103,7 @@ mod tests {
         };
         assert_eq!(put(&request, max), Err(ApiError::ValueProvided));
         let request = PutRequest {
-            value: vec![],
+            value: bytes::Bytes::new(),
             ..request
         };
         assert_eq!(put(&request, max), Err(ApiError::LeaseProvided));

@@ -316,14 +316,25 @@ impl<'txn> Writer<'txn> {
         lease: i64,
     ) -> Result<Option<KeyValue>, StorageError> {
         let previous = self.get(key)?;
+        self.put_over(previous.as_ref(), key, value, lease)?;
+        Ok(previous)
+    }
+
+    /// [`Writer::put`] for a caller that has just read `previous` with [`Writer::get`] (in this
+    /// request), so the key is not looked up twice.
+    pub fn put_over(
+        &mut self,
+        previous: Option<&KeyValue>,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<(), StorageError> {
         let revision = self.next_revision();
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: previous
-                .as_ref()
-                .map_or(revision.main, |prev| prev.create_revision),
+            create_revision: previous.map_or(revision.main, |prev| prev.create_revision),
             mod_revision: revision.main,
-            version: previous.as_ref().map_or(1, |prev| prev.version + 1),
+            version: previous.map_or(1, |prev| prev.version + 1),
             value: value.to_vec(),
             lease,
         };
@@ -337,7 +348,7 @@ impl<'txn> Writer<'txn> {
             encoding::encode_revision(revision).as_slice(),
             encoding::encode_event(&HistoryEvent::Put(kv)).as_slice(),
         )?;
-        Ok(previous)
+        Ok(())
     }
 
     /// Deletes every live key in `range`; returns the deleted generations in key order.

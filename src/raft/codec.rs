@@ -300,7 +300,7 @@ mod tests {
         let command = pb::Command {
             op: Some(pb::command::Op::Put(pb::Put {
                 key: b"k".to_vec(),
-                value: b"v".to_vec(),
+                value: bytes::Bytes::from_static(b"v"),
                 prev_kv: true,
                 ..Default::default()
             })),

@@ -65,50 +65,59 @@ where
         }
         None => StoredMembership::default(),
     };
-    let revision = match meta.get(META_REVISION).map_err(io_error)? {
-        Some(bytes) => {
-            encoding::decode_u64(bytes.value()).ok_or_else(|| io_error("corrupt revision"))? as i64
-        }
-        None => INITIAL_REVISION,
-    };
     Ok(AppliedState {
         last_applied,
         membership,
-        revision,
+        revision: revision_in(meta)?,
     })
 }
 
-fn write_applied_state(txn: &WriteTransaction, state: &AppliedState) -> Result<(), io::Error> {
+/// Records what has been applied. The membership is written only when it changed (`Some`): it
+/// rarely does, and re-encoding it for every applied batch would be wasted work.
+fn write_applied_state(
+    txn: &WriteTransaction,
+    last_applied: Option<LogId>,
+    revision: i64,
+    membership: Option<&StoredMembership>,
+) -> Result<(), io::Error> {
     let mut meta = txn.open_table(SM_META).map_err(io_error)?;
-    if let Some(log_id) = &state.last_applied {
+    if let Some(log_id) = &last_applied {
         meta.insert(
             META_LAST_APPLIED,
             codec::log_id_to_pb(log_id).encode_to_vec().as_slice(),
         )
         .map_err(io_error)?;
     }
-    let (membership_log_id, membership) = codec::stored_membership_to_pb(&state.membership);
-    let stored = pb::SnapshotMeta {
-        last_membership_log_id: membership_log_id,
-        last_membership: Some(membership),
-        ..Default::default()
-    };
-    meta.insert(META_MEMBERSHIP, stored.encode_to_vec().as_slice())
-        .map_err(io_error)?;
+    if let Some(membership) = membership {
+        let (membership_log_id, membership) = codec::stored_membership_to_pb(membership);
+        let stored = pb::SnapshotMeta {
+            last_membership_log_id: membership_log_id,
+            last_membership: Some(membership),
+            ..Default::default()
+        };
+        meta.insert(META_MEMBERSHIP, stored.encode_to_vec().as_slice())
+            .map_err(io_error)?;
+    }
     meta.insert(
         META_REVISION,
-        encoding::encode_u64(state.revision as u64).as_slice(),
+        encoding::encode_u64(revision as u64).as_slice(),
     )
     .map_err(io_error)?;
     Ok(())
 }
 
-/// The store's current revision, read from the state machine's meta table.
+/// The store's current revision, read from the state machine's meta table. Every range read
+/// asks, so this reads just that one row.
 pub fn revision_in<T>(meta: &T) -> Result<i64, io::Error>
 where
     T: ReadableTable<&'static str, &'static [u8]>,
 {
-    Ok(read_applied_state(meta)?.revision)
+    match meta.get(META_REVISION).map_err(io_error)? {
+        Some(bytes) => Ok(
+            encoding::decode_u64(bytes.value()).ok_or_else(|| io_error("corrupt revision"))? as i64
+        ),
+        None => Ok(INITIAL_REVISION),
+    }
 }
 
 impl StateMachine {
@@ -136,7 +145,7 @@ impl StateMachine {
     pub async fn current_revision(&self) -> Result<i64, io::Error> {
         self.read(|txn| {
             let meta = txn.open_table(SM_META).map_err(io_error)?;
-            Ok(read_applied_state(&meta)?.revision)
+            revision_in(&meta)
         })
         .await
     }
@@ -229,37 +238,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (batch, responses) = env::blocking(move || -> Result<_, io::Error> {
             let mut txn = db.begin_write().map_err(io_error)?;
             txn.set_durability(Durability::None).map_err(io_error)?;
-            let mut state = {
+            let mut revision = {
                 let meta = txn.open_table(SM_META).map_err(io_error)?;
-                read_applied_state(&meta)?
+                revision_in(&meta)?
             };
+            let mut new_membership = None;
+            let mut last_applied = None;
             let mut responses = Vec::with_capacity(batch.len());
             for (entry, _) in &batch {
                 let response = match &entry.payload {
                     EntryPayload::Normal(command) => {
-                        let response =
-                            apply::apply(&txn, state.revision, command).map_err(io_error)?;
-                        assert!(response.revision >= state.revision, "revision went back");
-                        state.revision = response.revision;
+                        let response = apply::apply(&txn, revision, command).map_err(io_error)?;
+                        assert!(response.revision >= revision, "revision went back");
+                        revision = response.revision;
                         response
                     }
                     EntryPayload::Membership(membership) => {
-                        state.membership =
-                            StoredMembership::new(Some(entry.log_id), membership.clone());
+                        new_membership = Some(StoredMembership::new(
+                            Some(entry.log_id),
+                            membership.clone(),
+                        ));
                         CommandResponse {
-                            revision: state.revision,
+                            revision,
                             result: CommandResult::None,
                         }
                     }
                     EntryPayload::Blank => CommandResponse {
-                        revision: state.revision,
+                        revision,
                         result: CommandResult::None,
                     },
                 };
-                state.last_applied = Some(entry.log_id);
+                last_applied = Some(entry.log_id);
                 responses.push(response);
             }
-            write_applied_state(&txn, &state)?;
+            write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
             txn.commit().map_err(io_error)?;
             Ok((batch, responses))
         })
@@ -306,7 +318,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(io_error)?;
                 }
             }
-            write_applied_state(&txn, &state)?;
+            write_applied_state(
+                &txn,
+                state.last_applied,
+                state.revision,
+                Some(&state.membership),
+            )?;
             txn.commit().map_err(io_error)?;
             Ok(())
         })
