@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         // A put's value travels from the request into the Raft command and, for a follower, on
         // to the leader: as `Bytes` those hand-offs share one buffer instead of copying it.
-        .bytes([".etcdserverpb.PutRequest.value", ".detcd.raft.Put.value"])
+        .bytes([".etcdserverpb.PutRequest.value"])
         .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub max_request_bytes: usize,
+    /// `--max-txn-ops`: compares, and ops per branch, of one txn.
+    pub max_txn_ops: usize,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for Config {
             initial_cluster_token: "etcd-cluster".into(),
             name,
             max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
         }
@@ -81,6 +84,7 @@ Member:
   --heartbeat-interval '100'            time (in milliseconds) of a heartbeat interval
   --election-timeout '1000'             time (in milliseconds) for an election to timeout
   --max-request-bytes '1572864'         maximum client request size in bytes
+  --max-txn-ops '128'                   maximum compares, and operations per branch, in a txn
 
 Clustering:
   --initial-cluster 'default=http://127.0.0.1:2380'
@@ -195,6 +199,12 @@ impl Config {
                     let raw = value()?;
                     config.max_request_bytes = raw.parse().map_err(|_| {
                         FlagError(format!("invalid value {raw:?} for flag --max-request-bytes"))
+                    })?;
+                }
+                "max-txn-ops" => {
+                    let raw = value()?;
+                    config.max_txn_ops = raw.parse().map_err(|_| {
+                        FlagError(format!("invalid value {raw:?} for flag --max-txn-ops"))
                     })?;
                 }
                 "heartbeat-interval" => config.heartbeat_interval = millis(flag, &value()?)?,

@@ -12,6 +12,10 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
-pub mod raft {
-    tonic::include_proto!("detcd.raft");
+/// `detcd.raft`, nested as its package is so that its references to `etcdserverpb` resolve.
+pub mod detcd {
+    pub mod raft {
+        tonic::include_proto!("detcd.raft");
+    }
 }
+pub use detcd::raft;

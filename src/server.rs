@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tonic::transport::Server;
 
 use crate::api::forward::Forwarder;
-use crate::api::kv::KvService;
+use crate::api::kv::{KvLimits, KvService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::NotYetImplemented;
@@ -127,7 +127,10 @@ pub async fn run(
         KvServer::new(KvService::new(
             node.clone(),
             forwarder.clone(),
-            max_request_bytes,
+            KvLimits {
+                max_request_bytes,
+                max_txn_ops: config.max_txn_ops,
+            },
         ))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -2,7 +2,10 @@
 //! fields etcdctl does not print (headers, `more`, `count`, prev_kv details, gRPC codes) must be
 //! equal once cluster and member IDs are set aside.
 
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget};
+use etcd_client::{
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 
 use crate::harness::{Process, TempDir};
 
@@ -217,7 +220,274 @@ async fn transcript(endpoint: &str) -> Vec<String> {
         "put empty key: {:?}",
         empty.map(|r| header(r.header()))
     ));
+    txn_cases(&mut client, &mut lines).await;
+    history_cases(&mut client, &mut lines).await;
     lines
+}
+
+/// Every header field, IDs as "set"/"0" (they differ between clusters; zero must stay zero).
+fn full_header(header: Option<&etcd_client::ResponseHeader>) -> String {
+    match header {
+        Some(h) => format!(
+            "{{cluster={} member={} rev={} term={}}}",
+            if h.cluster_id() == 0 { "0" } else { "set" },
+            if h.member_id() == 0 { "0" } else { "set" },
+            h.revision(),
+            h.raft_term()
+        ),
+        None => "{none}".to_string(),
+    }
+}
+
+fn txn_response(response: &etcd_client::TxnResponse) -> String {
+    let ops: Vec<String> = response
+        .op_responses()
+        .iter()
+        .map(|op| match op {
+            TxnOpResponse::Put(r) => {
+                format!(
+                    "put{} prev={:?}",
+                    full_header(r.header()),
+                    r.prev_key().map(kv)
+                )
+            }
+            TxnOpResponse::Get(r) => format!(
+                "get{} count={} more={} kvs={:?}",
+                full_header(r.header()),
+                r.count(),
+                r.more(),
+                r.kvs().iter().map(kv).collect::<Vec<_>>()
+            ),
+            TxnOpResponse::Delete(r) => format!(
+                "del{} deleted={} prev={:?}",
+                full_header(r.header()),
+                r.deleted(),
+                r.prev_kvs().iter().map(kv).collect::<Vec<_>>()
+            ),
+            TxnOpResponse::Txn(r) => format!("txn[{}]", txn_response(r)),
+        })
+        .collect();
+    format!(
+        "{} succeeded={} ops=[{}]",
+        full_header(response.header()),
+        response.succeeded(),
+        ops.join(", ")
+    )
+}
+
+/// Txn through the client: compares with ranges and every target (lease included, which
+/// etcdctl 3.4 cannot send), nested txns, limits and errors.
+async fn txn_cases(client: &mut Client, lines: &mut Vec<String>) {
+    for (key, value) in [("tx/a", "1"), ("tx/b", "2"), ("tx/c", "3")] {
+        client.put(key, value, None).await.expect("put");
+    }
+    let put = |k: &str, v: &str| TxnOp::put(k, v, None);
+    let get = |k: &str| TxnOp::get(k, None);
+    let many_puts =
+        |n: usize| -> Vec<TxnOp> { (0..n).map(|i| put(&format!("tx/many{i}"), "v")).collect() };
+    let cases: Vec<(&str, Txn)> = vec![
+        (
+            "range compare all",
+            Txn::new()
+                .when([Compare::version("tx/", CompareOp::Greater, 0).with_prefix()])
+                .and_then([get("tx/a")]),
+        ),
+        (
+            "range compare one fails",
+            Txn::new()
+                .when([Compare::value("tx/a", CompareOp::Less, "3").with_range("tx/d")])
+                .and_then([get("tx/a")])
+                .or_else([TxnOp::get(
+                    "tx/",
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )]),
+        ),
+        (
+            "empty range compare",
+            Txn::new()
+                .when([Compare::create_revision("tx/x", CompareOp::Equal, 0).with_range("tx/y")])
+                .and_then([put("tx/d", "4")]),
+        ),
+        (
+            "lease compare",
+            Txn::new()
+                .when([Compare::lease("tx/a", CompareOp::Equal, 0)])
+                .and_then([put("tx/e", "5")]),
+        ),
+        (
+            "lease compare fails",
+            Txn::new()
+                .when([Compare::lease("tx/a", CompareOp::NotEqual, 0)])
+                .or_else([get("tx/e")]),
+        ),
+        (
+            "nested",
+            Txn::new()
+                .when([Compare::value("tx/a", CompareOp::Equal, "1")])
+                .and_then([
+                    put("tx/f", "6"),
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::version("tx/f", CompareOp::Equal, 0)])
+                            .and_then([put("tx/g", "7")])
+                            .or_else([put("tx/h", "8"), get("tx/f")]),
+                    ),
+                    TxnOp::delete("tx/b", Some(DeleteOptions::new().with_prev_key())),
+                ]),
+        ),
+        (
+            "nested read only",
+            Txn::new().and_then([TxnOp::txn(Txn::new().and_then([get("tx/a")]))]),
+        ),
+        (
+            "nested duplicate",
+            Txn::new().and_then([
+                put("tx/i", "1"),
+                TxnOp::txn(Txn::new().and_then([put("tx/i", "2")])),
+            ]),
+        ),
+        (
+            "nested both branches",
+            Txn::new().and_then([TxnOp::txn(
+                Txn::new()
+                    .and_then([put("tx/j", "1")])
+                    .or_else([put("tx/j", "2")]),
+            )]),
+        ),
+        (
+            "sees own writes",
+            Txn::new().and_then([
+                put("tx/k", "1"),
+                TxnOp::get(
+                    "tx/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                ),
+                TxnOp::get("tx/k", Some(GetOptions::new().with_revision(3))),
+            ]),
+        ),
+        (
+            "delete nothing then put",
+            Txn::new().and_then([TxnOp::delete("tx/zz", None), put("tx/l", "1")]),
+        ),
+        ("empty txn", Txn::new()),
+        ("max ops", Txn::new().and_then(many_puts(128))),
+        ("too many ops", Txn::new().and_then(many_puts(129))),
+        (
+            "too many compares",
+            Txn::new().when(
+                (0..129)
+                    .map(|i| Compare::version(format!("c{i}"), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "empty compare key",
+            Txn::new().when([Compare::version("", CompareOp::Equal, 0)]),
+        ),
+        (
+            "ignore value missing",
+            Txn::new().and_then([TxnOp::put(
+                "tx/none",
+                "",
+                Some(PutOptions::new().with_ignore_value()),
+            )]),
+        ),
+        (
+            "value provided",
+            Txn::new().and_then([TxnOp::put(
+                "tx/a",
+                "x",
+                Some(PutOptions::new().with_ignore_value()),
+            )]),
+        ),
+        (
+            "lease not found",
+            Txn::new().and_then([TxnOp::put(
+                "tx/m",
+                "1",
+                Some(PutOptions::new().with_lease(77)),
+            )]),
+        ),
+        (
+            "compacted read",
+            Txn::new().and_then([TxnOp::get(
+                "tx/a",
+                Some(GetOptions::new().with_revision(-1)),
+            )]),
+        ),
+    ];
+    for (name, txn) in cases {
+        let response = client.txn(txn).await;
+        lines.push(match response.map_err(error) {
+            Ok(r) => format!("txn {name}: {}", txn_response(&r)),
+            Err(e) => format!("txn {name}: {e}"),
+        });
+    }
+}
+
+/// History reads, compaction and hashes through the client.
+async fn history_cases(client: &mut Client, lines: &mut Vec<String>) {
+    let current = client
+        .get("tx/a", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    lines.push(format!("current revision {current}"));
+    for revision in [0, current - 1, current + 1] {
+        let hash = client.hash_kv(revision).await.map_err(error);
+        lines.push(match hash {
+            Ok(r) => format!(
+                "hashkv {revision}: {} hash={} compacted={}",
+                full_header(r.header()),
+                r.hash(),
+                r.compact_version()
+            ),
+            Err(e) => format!("hashkv {revision}: {e}"),
+        });
+    }
+    let compactions = [
+        (current + 5, false),
+        (current - 10, true),
+        (current - 10, false),
+        (current - 12, false),
+        (current, false),
+    ];
+    for (revision, physical) in compactions {
+        let options = physical.then(|| CompactionOptions::new().with_physical());
+        let compact = client.compact(revision, options).await.map_err(error);
+        lines.push(match compact {
+            Ok(r) => format!("compact {revision}: {}", full_header(r.header())),
+            Err(e) => format!("compact {revision}: {e}"),
+        });
+        for (name, read) in [("at", revision), ("below", revision - 1), ("negative", -1)] {
+            let get = client
+                .get(
+                    "tx/",
+                    Some(GetOptions::new().with_prefix().with_revision(read)),
+                )
+                .await
+                .map_err(error);
+            lines.push(match get {
+                Ok(r) => format!(
+                    "  get {name} {read}: {} count={}",
+                    full_header(r.header()),
+                    r.count()
+                ),
+                Err(e) => format!("  get {name} {read}: {e}"),
+            });
+        }
+        let hash = client.hash_kv(0).await.map_err(error);
+        lines.push(match hash {
+            Ok(r) => format!(
+                "  hashkv: hash={} compacted={}",
+                r.hash(),
+                r.compact_version()
+            ),
+            Err(e) => format!("  hashkv: {e}"),
+        });
+    }
 }
 
 #[test]

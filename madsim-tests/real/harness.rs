@@ -278,7 +278,12 @@ pub fn replace_number_after(text: &str, prefix: &str, replacement: &str) -> Stri
         let (head, tail) = rest.split_at(at + prefix.len());
         out.push_str(head);
         let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
-        out.push_str(if digits > 0 { replacement } else { "" });
+        // Zero is not an ID but its absence (etcd leaves nested txn headers empty): kept.
+        out.push_str(match &tail[..digits] {
+            "" => "",
+            "0" => "0",
+            _ => replacement,
+        });
         rest = &tail[digits..];
     }
     out.push_str(rest);

@@ -1,43 +1,45 @@
-//! etcd's `KV` service: Range, Put and DeleteRange. Txn and Compact answer `Unimplemented` until
-//! their issue lands.
+//! etcd's `KV` service: Range, Put, DeleteRange, Txn and Compact.
 //!
-//! Every request is validated first (`validate`), then either proposed through Raft (writes) or
-//! read after a ReadIndex barrier (linearizable reads) or straight from the local state machine
-//! (`serializable` reads). A member that is not the leader forwards the request to the leader
-//! and answers with its own member ID in the header, as etcd does.
+//! Every request is validated first (`validate`), then either proposed through Raft (writes,
+//! compaction) or read after a ReadIndex barrier (linearizable reads, read-only txns) or straight
+//! from the local state machine (`serializable` reads). A member that is not the leader forwards
+//! the request to the leader and answers with its own member ID in the header, as etcd does.
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::forward::{self, Forwarder};
-use super::not_yet;
 use super::status::ApiError;
 use super::validate;
-use crate::apply::{ApplyError, CommandResponse, CommandResult};
-use crate::mvcc::{self, KeyRange};
+use crate::apply::{self, CommandResponse, CommandResult};
 use crate::node::{Node, NodeError};
 use crate::pb::etcdserverpb::kv_server::Kv;
-use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::raft::{self as pb_raft, command};
-use crate::raft::{io_error, MemberNode};
-use crate::storage::{KV, SM_META};
+use crate::raft::MemberNode;
+
+/// The request limits of the KV service (`--max-request-bytes`, `--max-txn-ops`).
+#[derive(Debug, Clone, Copy)]
+pub struct KvLimits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
 
 pub struct KvService {
     node: Node,
     forwarder: Forwarder,
-    max_request_bytes: usize,
+    limits: KvLimits,
 }
 
 impl KvService {
-    pub fn new(node: Node, forwarder: Forwarder, max_request_bytes: usize) -> Self {
+    pub fn new(node: Node, forwarder: Forwarder, limits: KvLimits) -> Self {
         Self {
             node,
             forwarder,
-            max_request_bytes,
+            limits,
         }
     }
 
@@ -53,17 +55,26 @@ impl KvService {
     /// Proposes `command`; answers the applied result, or the leader to forward the request to.
     async fn propose(
         &self,
-        command: pb_raft::Command,
+        op: command::Op,
         forwarded: bool,
     ) -> Result<Result<CommandResponse, MemberNode>, Status> {
+        let command = pb_raft::Command { op: Some(op) };
         match self.node.write(command).await {
             Ok(response) => match response.result {
-                CommandResult::Rejected(ApplyError::KeyNotFound) => {
-                    Err(ApiError::KeyNotFound.into())
-                }
+                CommandResult::Rejected(error) => Err(ApiError::from(error).into()),
                 _ => Ok(Ok(response)),
             },
             Err(NodeError::ForwardToLeader(leader)) if !forwarded => Ok(Err(leader)),
+            Err(error) => Err(node_status(error)),
+        }
+    }
+
+    /// Waits until this member may answer a linearizable read; answers the leader to forward the
+    /// read to instead, if this member cannot tell.
+    async fn barrier(&self, forwarded: bool) -> Result<Option<MemberNode>, Status> {
+        match self.node.read_barrier().await {
+            Ok(()) => Ok(None),
+            Err(NodeError::ForwardToLeader(leader)) if !forwarded => Ok(Some(leader)),
             Err(error) => Err(node_status(error)),
         }
     }
@@ -75,6 +86,21 @@ impl KvService {
             header.member_id = self.node.id;
         }
     }
+}
+
+/// Sends `$request` to `$leader`'s `$method` and answers its response as this member's.
+macro_rules! forward_to {
+    ($self:ident, $leader:expr, $method:ident, $request:expr) => {{
+        let mut response = $self
+            .forwarder
+            .kv(&$leader)?
+            .$method(forward::mark($request))
+            .await
+            .map_err(forward_status)?
+            .into_inner();
+        $self.rewrite_header(&mut response.header);
+        return Ok(Response::new(response));
+    }};
 }
 
 /// A failed call to the leader: a deadline is etcd's request timeout, anything else passes on.
@@ -94,154 +120,48 @@ pub fn node_status(error: NodeError) -> Status {
     }
 }
 
-/// The range options of a request; unknown enum values are etcd 3.5's
-/// `ErrGRPCInvalidSortOption`.
-fn range_options(request: &RangeRequest) -> Result<mvcc::RangeOptions, Status> {
-    let (Ok(sort_order), Ok(sort_target)) = (
-        SortOrder::try_from(request.sort_order),
-        SortTarget::try_from(request.sort_target),
-    ) else {
-        return Err(ApiError::InvalidSortOption.into());
-    };
-    Ok(mvcc::RangeOptions {
-        limit: request.limit,
-        count_only: request.count_only,
-        sort_order: match sort_order {
-            SortOrder::None => mvcc::SortOrder::None,
-            SortOrder::Ascend => mvcc::SortOrder::Ascend,
-            SortOrder::Descend => mvcc::SortOrder::Descend,
-        },
-        sort_target: match sort_target {
-            SortTarget::Key => mvcc::SortTarget::Key,
-            SortTarget::Version => mvcc::SortTarget::Version,
-            SortTarget::Create => mvcc::SortTarget::Create,
-            SortTarget::Mod => mvcc::SortTarget::Mod,
-            SortTarget::Value => mvcc::SortTarget::Value,
-        },
-        min_mod_revision: request.min_mod_revision,
-        max_mod_revision: request.max_mod_revision,
-        min_create_revision: request.min_create_revision,
-        max_create_revision: request.max_create_revision,
-    })
+fn unexpected(what: &str, result: CommandResult) -> Status {
+    ApiError::Internal(format!("{what} answered {result:?}")).into()
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn txn(&self, _: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Err(not_yet("txn"))
-    }
-
-    async fn compact(
-        &self,
-        _: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
-        Err(not_yet("compact"))
-    }
-
     async fn range(
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
-        validate::range(&request, self.max_request_bytes)?;
-        let options = range_options(&request)?;
+        validate::range(&request, self.limits.max_request_bytes)?;
         if !request.serializable {
-            match self.node.read_barrier().await {
-                Ok(()) => {}
-                Err(NodeError::ForwardToLeader(leader)) if !forwarded => {
-                    let mut response = self
-                        .forwarder
-                        .kv(&leader)?
-                        .range(forward::mark(request))
-                        .await
-                        .map_err(forward_status)?
-                        .into_inner();
-                    self.rewrite_header(&mut response.header);
-                    return Ok(Response::new(response));
-                }
-                Err(error) => return Err(node_status(error)),
+            if let Some(leader) = self.barrier(forwarded).await? {
+                forward_to!(self, leader, range, request);
             }
         }
-        let key_range = KeyRange::new(request.key.clone(), request.range_end.clone());
-        let (result, revision) = self
-            .node
-            .state_machine
-            .read(move |txn| {
-                let kv = txn.open_table(KV).map_err(io_error)?;
-                let result = mvcc::range(&kv, &key_range, &options).map_err(io_error)?;
-                let meta = txn.open_table(SM_META).map_err(io_error)?;
-                let revision = crate::raft::state_machine::revision_in(&meta)?;
-                Ok((result, revision))
-            })
-            .await
-            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
-        if request.revision > revision {
-            return Err(ApiError::FutureRevision.into());
-        }
-        if request.revision > 0 && request.revision < revision {
-            return Err(Status::unimplemented(
-                "detcd: reading at a past revision is not supported yet",
-            ));
-        }
-        let kvs = if request.count_only {
-            Vec::new()
-        } else {
-            result
-                .kvs
-                .into_iter()
-                .map(|mut kv| {
-                    if request.keys_only {
-                        kv.value.clear();
-                    }
-                    convert::key_value(kv)
-                })
-                .collect()
-        };
-        Ok(Response::new(RangeResponse {
-            header: self.header(revision),
-            kvs,
-            more: result.more,
-            count: result.count,
-        }))
+        let mut response =
+            super::read_store(&self.node, move |store| store.range(&request)).await?;
+        response.header = self.header(response.header.map_or(0, |h| h.revision));
+        Ok(Response::new(response))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
-        validate::put(&request, self.max_request_bytes)?;
-        let command = pb_raft::Command {
-            op: Some(command::Op::Put(pb_raft::Put {
-                key: request.key.clone(),
-                value: request.value.clone(),
-                lease: request.lease,
-                prev_kv: request.prev_kv,
-                ignore_value: request.ignore_value,
-                ignore_lease: request.ignore_lease,
-            })),
-        };
-        let response = match self.propose(command, forwarded).await? {
+        validate::put(&request, self.limits.max_request_bytes)?;
+        let response = match self
+            .propose(command::Op::Put(request.clone()), forwarded)
+            .await?
+        {
             Ok(response) => response,
-            Err(leader) => {
-                let mut response = self
-                    .forwarder
-                    .kv(&leader)?
-                    .put(forward::mark(request))
-                    .await
-                    .map_err(forward_status)?
-                    .into_inner();
-                self.rewrite_header(&mut response.header);
-                return Ok(Response::new(response));
+            Err(leader) => forward_to!(self, leader, put, request),
+        };
+        match response.result {
+            CommandResult::Put(mut put) => {
+                put.header = self.header(response.revision);
+                Ok(Response::new(put))
             }
-        };
-        let prev_kv = match response.result {
-            CommandResult::Put { prev_kv } => prev_kv.map(convert::key_value),
-            other => return Err(ApiError::Internal(format!("put answered {other:?}")).into()),
-        };
-        Ok(Response::new(PutResponse {
-            header: self.header(response.revision),
-            prev_kv,
-        }))
+            other => Err(unexpected("put", other)),
+        }
     }
 
     async fn delete_range(
@@ -250,36 +170,85 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
-        validate::delete_range(&request, self.max_request_bytes)?;
-        let command = pb_raft::Command {
-            op: Some(command::Op::DeleteRange(pb_raft::DeleteRange {
-                key: request.key.clone(),
-                range_end: request.range_end.clone(),
-                prev_kv: request.prev_kv,
-            })),
-        };
-        let response = match self.propose(command, forwarded).await? {
+        validate::delete_range(&request, self.limits.max_request_bytes)?;
+        let response = match self
+            .propose(command::Op::DeleteRange(request.clone()), forwarded)
+            .await?
+        {
             Ok(response) => response,
-            Err(leader) => {
-                let mut response = self
-                    .forwarder
-                    .kv(&leader)?
-                    .delete_range(forward::mark(request))
-                    .await
-                    .map_err(forward_status)?
-                    .into_inner();
-                self.rewrite_header(&mut response.header);
-                return Ok(Response::new(response));
+            Err(leader) => forward_to!(self, leader, delete_range, request),
+        };
+        match response.result {
+            CommandResult::DeleteRange(mut delete) => {
+                delete.header = self.header(response.revision);
+                Ok(Response::new(delete))
             }
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let forwarded = forward::is_forwarded(&request);
+        let request = request.into_inner();
+        validate::txn(
+            &request,
+            self.limits.max_txn_ops,
+            self.limits.max_request_bytes,
+        )?;
+        if apply::txn_is_read_only(&request) {
+            if !apply::txn_is_serializable(&request) {
+                if let Some(leader) = self.barrier(forwarded).await? {
+                    forward_to!(self, leader, txn, request);
+                }
+            }
+            let mut response =
+                super::read_store(&self.node, move |mut store| store.txn(&request)).await?;
+            response.header = self.header(response.header.map_or(0, |h| h.revision));
+            return Ok(Response::new(response));
+        }
+        let response = match self
+            .propose(command::Op::Txn(request.clone()), forwarded)
+            .await?
+        {
+            Ok(response) => response,
+            Err(leader) => forward_to!(self, leader, txn, request),
         };
-        let (deleted, prev_kvs) = match response.result {
-            CommandResult::DeleteRange { deleted, prev_kvs } => (deleted, prev_kvs),
-            other => return Err(ApiError::Internal(format!("delete answered {other:?}")).into()),
+        match response.result {
+            CommandResult::Txn(mut txn) => {
+                txn.header = self.header(response.revision);
+                Ok(Response::new(txn))
+            }
+            other => Err(unexpected("txn", other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let forwarded = forward::is_forwarded(&request);
+        let request = request.into_inner();
+        let response = match self
+            .propose(command::Op::Compaction(request), forwarded)
+            .await?
+        {
+            Ok(response) => response,
+            Err(leader) => forward_to!(self, leader, compact, request),
         };
-        Ok(Response::new(DeleteRangeResponse {
+        match response.result {
+            CommandResult::Compaction => {}
+            other => return Err(unexpected("compaction", other)),
+        }
+        if request.physical {
+            // etcd answers a physical compaction once it is committed to disk.
+            self.node
+                .state_machine
+                .sync()
+                .await
+                .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+        }
+        Ok(Response::new(CompactionResponse {
             header: self.header(response.revision),
-            deleted,
-            prev_kvs: prev_kvs.into_iter().map(convert::key_value).collect(),
         }))
     }
 }

@@ -1,4 +1,5 @@
-//! etcd's `Maintenance` service: `Status` (for `etcdctl endpoint status`). The other RPCs
+//! etcd's `Maintenance` service: `Status` (for `etcdctl endpoint status`), `HashKV` (for
+//! `etcdctl endpoint hashkv` and the simulation's state checker) and `Hash`. The other RPCs
 //! answer `Unimplemented` until their issues land.
 
 use tonic::{Request, Response, Status};
@@ -11,7 +12,8 @@ use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 
 /// The etcd version whose API detcd serves, as `Status` reports it.
@@ -24,6 +26,17 @@ pub struct MaintenanceService {
 impl MaintenanceService {
     pub fn new(node: Node) -> Self {
         Self { node }
+    }
+}
+
+impl MaintenanceService {
+    fn header(&self, revision: i64) -> ResponseHeader {
+        convert::header(
+            self.node.cluster_id,
+            self.node.id,
+            revision,
+            self.node.term(),
+        )
     }
 }
 
@@ -41,10 +54,36 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("defragment"))
     }
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("hash"))
+        let (hash, revision) = super::read_store(&self.node, |store| {
+            Ok((store.hash_all()?, store.revision()))
+        })
+        .await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.header(revision)),
+            hash,
+        }))
     }
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("hash_kv"))
+
+    /// Answered from this member's state, as etcd: members that applied the same revision
+    /// answer the same hash.
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let (hash, current, compacted) = super::read_store(&self.node, move |store| {
+            Ok((
+                store.hash_kv(revision)?,
+                store.revision(),
+                store.compacted(),
+            ))
+        })
+        .await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.header(current)),
+            hash,
+            compact_revision: compacted,
+        }))
     }
     async fn snapshot(
         &self,

@@ -16,11 +16,33 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::apply::{ApplyOutcome, ReadOnly, ReadView};
 use crate::pb::etcdserverpb::*;
+use status::ApiError;
 
 /// The answer of an RPC that detcd does not implement yet.
 pub fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!("detcd: {rpc} is not implemented yet"))
+}
+
+/// Runs `f` on a read-only view of this member's state machine (off the async path), mapping
+/// its refusals to etcd's errors.
+pub async fn read_store<T: Send + 'static>(
+    node: &crate::node::Node,
+    f: impl FnOnce(ReadOnly<ReadView>) -> Result<T, ApplyOutcome> + Send + 'static,
+) -> Result<T, Status> {
+    let outcome = node
+        .state_machine
+        .read(move |txn| {
+            let store = ReadOnly::open(txn).map_err(crate::raft::io_error)?;
+            Ok(f(store))
+        })
+        .await
+        .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+    outcome.map_err(|e| match e {
+        ApplyOutcome::Refused(refusal) => ApiError::from(refusal).into(),
+        ApplyOutcome::Storage(error) => ApiError::Internal(error.to_string()).into(),
+    })
 }
 
 /// A server stream of `T` (what streaming RPCs return).

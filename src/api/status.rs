@@ -23,6 +23,12 @@ pub enum ApiError {
     NoLeader,
     /// `ErrGRPCFutureRev`
     FutureRevision,
+    /// `ErrGRPCCompacted`
+    Compacted,
+    /// `ErrGRPCTooManyOps`
+    TooManyOps,
+    /// `ErrGRPCDuplicateKey`
+    DuplicateKey,
     /// `ErrGRPCInvalidSortOption` (etcd 3.5)
     InvalidSortOption,
     /// `ErrGRPCTimeout`
@@ -43,9 +49,11 @@ impl ApiError {
             | ApiError::KeyNotFound
             | ApiError::ValueProvided
             | ApiError::LeaseProvided
-            | ApiError::InvalidSortOption => Code::InvalidArgument,
+            | ApiError::InvalidSortOption
+            | ApiError::TooManyOps
+            | ApiError::DuplicateKey => Code::InvalidArgument,
             ApiError::LeaseNotFound => Code::NotFound,
-            ApiError::FutureRevision => Code::OutOfRange,
+            ApiError::FutureRevision | ApiError::Compacted => Code::OutOfRange,
             ApiError::NoLeader
             | ApiError::Timeout
             | ApiError::Stopped
@@ -67,10 +75,25 @@ impl ApiError {
             ApiError::FutureRevision => {
                 "etcdserver: mvcc: required revision is a future revision".into()
             }
+            ApiError::Compacted => "etcdserver: mvcc: required revision has been compacted".into(),
+            ApiError::TooManyOps => "etcdserver: too many operations in txn request".into(),
+            ApiError::DuplicateKey => "etcdserver: duplicate key given in txn request".into(),
             ApiError::Timeout => "etcdserver: request timed out".into(),
             ApiError::Stopped => "etcdserver: server stopped".into(),
             ApiError::LeaderChanged => "etcdserver: leader changed".into(),
             ApiError::Internal(detail) => format!("detcd: internal error: {detail}"),
+        }
+    }
+}
+
+impl From<crate::apply::ApplyError> for ApiError {
+    fn from(error: crate::apply::ApplyError) -> Self {
+        use crate::apply::ApplyError;
+        match error {
+            ApplyError::KeyNotFound => ApiError::KeyNotFound,
+            ApplyError::LeaseNotFound => ApiError::LeaseNotFound,
+            ApplyError::Compacted => ApiError::Compacted,
+            ApplyError::FutureRevision => ApiError::FutureRevision,
         }
     }
 }

@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn entries_round_trip_through_bytes() {
         let command = pb::Command {
-            op: Some(pb::command::Op::Put(pb::Put {
+            op: Some(pb::command::Op::Put(crate::pb::etcdserverpb::PutRequest {
                 key: b"k".to_vec(),
                 value: bytes::Bytes::from_static(b"v"),
                 prev_kv: true,

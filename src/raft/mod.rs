@@ -31,6 +31,16 @@ impl fmt::Display for Command {
             Some(command::Op::DeleteRange(delete)) => {
                 write!(f, "delete_range({} bytes)", delete.key.len())
             }
+            Some(command::Op::Txn(txn)) => write!(
+                f,
+                "txn({} compares, {} success, {} failure)",
+                txn.compare.len(),
+                txn.success.len(),
+                txn.failure.len()
+            ),
+            Some(command::Op::Compaction(compaction)) => {
+                write!(f, "compaction({})", compaction.revision)
+            }
             None => f.write_str("empty"),
         }
     }

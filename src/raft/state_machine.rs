@@ -21,11 +21,12 @@ use super::codec;
 use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{self, CommandResponse, CommandResult};
 use crate::env;
-use crate::mvcc::INITIAL_REVISION;
+use crate::mvcc::{self, INITIAL_REVISION};
 use crate::pb::raft as pb;
 use crate::storage::encoding;
 use crate::storage::{
-    KV, KV_REVISIONS, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION, SM_META,
+    KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
+    SM_META,
 };
 
 /// The state machine of one member. Clones share the database and the current snapshot.
@@ -150,12 +151,27 @@ impl StateMachine {
         .await
     }
 
+    /// Makes every commit so far durable: an empty commit with `Immediate` durability fsyncs
+    /// the earlier `Durability::None` commits of applied entries with it.
+    pub async fn sync(&self) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        env::blocking(move || {
+            let mut txn = db.begin_write().map_err(io_error)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(io_error)?;
+            txn.commit().map_err(io_error)
+        })
+        .await
+    }
+
     fn dump(db: &Database) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
         let txn = db.begin_read().map_err(io_error)?;
         let meta_table = txn.open_table(SM_META).map_err(io_error)?;
         let state = read_applied_state(&meta_table)?;
         let mut data = pb::SnapshotData {
             revision: state.revision,
+            compacted: Some(mvcc::compacted_revision(&meta_table).map_err(io_error)?)
+                .filter(|&compacted| compacted != mvcc::NEVER_COMPACTED),
             ..Default::default()
         };
         for (table, rows) in [(KV, &mut data.kv), (KV_REVISIONS, &mut data.kv_revisions)] {
@@ -318,6 +334,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(io_error)?;
                 }
             }
+            // The index is derived from history.
+            let mut index = txn.open_table(KV_INDEX).map_err(io_error)?;
+            index.retain(|_, _| false).map_err(io_error)?;
+            for row in &data.kv_revisions {
+                let corrupt = || io_error("corrupt history row in snapshot");
+                let revision = encoding::decode_revision(&row.key).ok_or_else(corrupt)?;
+                let event = encoding::decode_event(&row.value).ok_or_else(corrupt)?;
+                let (key, tombstone) = match &event {
+                    encoding::HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
+                    encoding::HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
+                };
+                index
+                    .insert(
+                        (key, revision.main as u64),
+                        encoding::index_entry(revision.sub, tombstone),
+                    )
+                    .map_err(io_error)?;
+            }
+            drop(index);
+            let mut meta = txn.open_table(SM_META).map_err(io_error)?;
+            if let Some(compacted) = data.compacted {
+                meta.insert(
+                    META_COMPACTED,
+                    encoding::encode_u64(compacted as u64).as_slice(),
+                )
+                .map_err(io_error)?;
+            } else {
+                meta.remove(META_COMPACTED).map_err(io_error)?;
+            }
+            drop(meta);
             write_applied_state(
                 &txn,
                 state.last_applied,

@@ -11,6 +11,10 @@
 //! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
 //! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
+//! | `kv_index` | (user key, main revision) | [`encoding::index_entry`]: sub revision and tombstone flag |
+//!
+//! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction.
+//! `kv_index` is derived from `kv_revisions` (a snapshot carries only the latter).
 //!
 //! Architecture Invariant: no other module defines a table or decides a byte layout.
 
@@ -23,6 +27,7 @@ pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
+pub const KV_INDEX: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("kv_index");
 
 pub const META_VOTE: &str = "vote";
 pub const META_COMMITTED: &str = "committed";
@@ -30,6 +35,7 @@ pub const META_LAST_PURGED: &str = "last_purged";
 pub const META_LAST_APPLIED: &str = "last_applied";
 pub const META_MEMBERSHIP: &str = "membership";
 pub const META_REVISION: &str = "revision";
+pub const META_COMPACTED: &str = "compacted";
 
 /// The database file of a member, inside its data directory.
 pub const DATABASE_FILE: &str = "detcd.redb";
@@ -71,6 +77,7 @@ pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     txn.open_table(SM_META)?;
     txn.open_table(KV)?;
     txn.open_table(KV_REVISIONS)?;
+    txn.open_table(KV_INDEX)?;
     txn.commit()?;
     Ok(())
 }

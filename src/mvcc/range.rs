@@ -1,0 +1,139 @@
+//! The options of a range read and how they shape its answer: filters, sort, limit, count.
+
+use super::{decode, KeyValue};
+use crate::storage::StorageError;
+
+/// The answer to a range read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Every key in the range, whatever the limit.
+    pub count: i64,
+    /// Whether the limit left keys out.
+    pub more: bool,
+}
+
+/// How results are ordered (etcd's `RangeRequest.SortOrder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What results are ordered by (etcd's `RangeRequest.SortTarget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// The options of a range read that shape its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RangeOptions {
+    /// At most this many key-values (0: no limit).
+    pub limit: i64,
+    /// Only count: no key-values are fetched, so `more` is false (as etcd).
+    pub count_only: bool,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Each filter is off when 0.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeOptions {
+    fn has_filters(&self) -> bool {
+        self.min_mod_revision != 0
+            || self.max_mod_revision != 0
+            || self.min_create_revision != 0
+            || self.max_create_revision != 0
+    }
+
+    /// etcd sorts ascending when a target other than the key is named without an order.
+    fn effective_order(&self) -> SortOrder {
+        match (self.sort_order, self.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (order, _) => order,
+        }
+    }
+
+    fn keeps(&self, kv: &KeyValue) -> bool {
+        let within = |value: i64, min: i64, max: i64| {
+            (min == 0 || value >= min) && (max == 0 || value <= max)
+        };
+        within(
+            kv.mod_revision,
+            self.min_mod_revision,
+            self.max_mod_revision,
+        ) && within(
+            kv.create_revision,
+            self.min_create_revision,
+            self.max_create_revision,
+        )
+    }
+}
+
+/// Chooses the key-values a range read answers, in etcd's order of operations
+/// (`v3_server.go` `Range`):
+///
+/// 1. fetch: every key if an order was requested or a filter is set, otherwise the first
+///    `limit + 1` keys in key order (all of them without a limit);
+/// 2. drop keys outside the min/max mod and create revision filters;
+/// 3. sort (stably: ties stay in key order) by the target, ascending if a target other than the
+///    key is named with order NONE — which, as in etcd, sorts only the keys fetched in step 1;
+/// 4. cut to `limit`, with `more` if that cut any.
+///
+/// `count` is every key in the range, whatever the limit and the filters. With `count_only` no
+/// key-value is fetched at all, so nothing is cut and `more` is false.
+///
+/// `for_each` visits the encoded key-values in the range (in key order) until its visitor returns
+/// false; it is the live table for a read at the current revision, the history for a past one.
+pub(crate) fn select(
+    for_each: impl FnOnce(
+        &mut dyn FnMut(&[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError>,
+    options: &RangeOptions,
+) -> Result<RangeResult, StorageError> {
+    let limit = options.limit;
+    let fetch_all = options.sort_order != SortOrder::None || options.has_filters() || limit <= 0;
+    let mut result = RangeResult::default();
+    for_each(&mut |bytes| {
+        result.count += 1;
+        if options.count_only {
+            return Ok(true);
+        }
+        if fetch_all || (result.kvs.len() as i64) <= limit {
+            let kv = decode(bytes)?;
+            if options.keeps(&kv) {
+                result.kvs.push(kv);
+            }
+        }
+        Ok(true)
+    })?;
+    let compare = |a: &KeyValue, b: &KeyValue| match options.sort_target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match options.effective_order() {
+        SortOrder::Ascend => result.kvs.sort_by(compare),
+        SortOrder::Descend => result.kvs.sort_by(|a, b| compare(b, a)),
+        SortOrder::None => {}
+    }
+    if limit > 0 && result.kvs.len() as i64 > limit {
+        result.kvs.truncate(limit as usize);
+        result.more = true;
+    }
+    Ok(result)
+}

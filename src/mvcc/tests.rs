@@ -1,0 +1,428 @@
+//! Worked examples of etcd's revision, generation, history and compaction rules.
+
+use super::view;
+use super::writer::Compacted;
+use super::*;
+use crate::storage::encoding;
+use crate::storage::KV_REVISIONS;
+use redb::backends::InMemoryBackend;
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+fn database() -> Database {
+    let db = Database::builder()
+        .create_with_backend(InMemoryBackend::new())
+        .unwrap();
+    crate::storage::create_tables(&db).unwrap();
+    db
+}
+
+/// Runs one write request; returns the revision it ended at.
+fn write(db: &Database, current: i64, f: impl FnOnce(&mut Writer)) -> i64 {
+    let txn = db.begin_write().unwrap();
+    let revision = {
+        let mut writer = Writer::new(&txn, current).unwrap();
+        f(&mut writer);
+        writer.revision()
+    };
+    txn.commit().unwrap();
+    revision
+}
+
+fn read(db: &Database, key: &str, range_end: &str, limit: i64) -> RangeResult {
+    let txn = db.begin_read().unwrap();
+    let options = RangeOptions {
+        limit,
+        ..RangeOptions::default()
+    };
+    View::open(&txn)
+        .unwrap()
+        .range(&KeyRange::new(key, range_end), &options, None)
+        .unwrap()
+}
+
+#[test]
+fn generations_follow_etcd_revision_rules() {
+    let db = database();
+    let mut rev = INITIAL_REVISION;
+    rev = write(&db, rev, |w| {
+        assert_eq!(w.put(b"foo", b"a", 0).unwrap(), None)
+    });
+    assert_eq!(rev, 2);
+    rev = write(&db, rev, |w| {
+        let prev = w.put(b"foo", b"b", 0).unwrap().unwrap();
+        assert_eq!((prev.value.as_slice(), prev.version), (&b"a"[..], 1));
+    });
+    let foo = read(&db, "foo", "", 0).kvs.remove(0);
+    assert_eq!(
+        (foo.create_revision, foo.mod_revision, foo.version),
+        (2, 3, 2)
+    );
+    rev = write(&db, rev, |w| {
+        assert_eq!(w.delete_range(&KeyRange::new("foo", "")).unwrap().len(), 1)
+    });
+    assert_eq!(rev, 4);
+    rev = write(&db, rev, |w| {
+        assert_eq!(w.put(b"foo", b"c", 0).unwrap(), None);
+    });
+    let foo = read(&db, "foo", "", 0).kvs.remove(0);
+    assert_eq!(
+        (foo.create_revision, foo.mod_revision, foo.version),
+        (5, 5, 1)
+    );
+    assert_eq!(rev, 5);
+}
+
+#[test]
+fn a_delete_that_matches_nothing_keeps_the_revision() {
+    let db = database();
+    let rev = write(&db, 7, |w| {
+        assert!(w.delete_range(&KeyRange::new("a", "z")).unwrap().is_empty())
+    });
+    assert_eq!(rev, 7);
+}
+
+#[test]
+fn one_request_with_many_changes_takes_one_main_revision() {
+    let db = database();
+    let rev = write(&db, INITIAL_REVISION, |w| {
+        w.put(b"a", b"1", 0).unwrap();
+        w.put(b"b", b"2", 0).unwrap();
+    });
+    assert_eq!(rev, 2);
+    let rev = write(&db, rev, |w| {
+        assert_eq!(w.delete_range(&KeyRange::new("a", "\0")).unwrap().len(), 2)
+    });
+    assert_eq!(rev, 3);
+    let txn = db.begin_read().unwrap();
+    let history = txn.open_table(KV_REVISIONS).unwrap();
+    let revisions: Vec<_> = history
+        .iter()
+        .unwrap()
+        .map(|item| encoding::decode_revision(item.unwrap().0.value()).unwrap())
+        .map(|r| (r.main, r.sub))
+        .collect();
+    assert_eq!(revisions, vec![(2, 0), (2, 1), (3, 0), (3, 1)]);
+}
+
+#[test]
+fn ranges_follow_etcd_conventions() {
+    let db = database();
+    write(&db, 1, |w| {
+        for key in ["testkey01", "testkey02", "testkey03", "testkey04", "z"] {
+            w.put(key.as_bytes(), b"v", 0).unwrap();
+        }
+    });
+    let keys = |r: RangeResult| -> Vec<String> {
+        r.kvs
+            .into_iter()
+            .map(|kv| String::from_utf8(kv.key).unwrap())
+            .collect()
+    };
+    // Half-open [a, b), as the tutorial's `get testkey01 testkey03`.
+    assert_eq!(
+        keys(read(&db, "testkey01", "testkey03", 0)),
+        ["testkey01", "testkey02"]
+    );
+    // Prefix: range_end = prefix + 1.
+    let limited = read(&db, "testke", "testkf", 2);
+    assert_eq!((limited.count, limited.more), (4, true));
+    assert_eq!(keys(limited), ["testkey01", "testkey02"]);
+    // "\0" means every key from `key` on.
+    assert_eq!(read(&db, "testkey04", "\0", 0).count, 2);
+    assert_eq!(read(&db, "\0", "\0", 0).count, 5);
+    // range_end before key names nothing.
+    assert_eq!(read(&db, "z", "a", 0).count, 0);
+    // A limit equal to the count leaves nothing out.
+    assert!(!read(&db, "testke", "testkf", 4).more);
+}
+
+#[test]
+fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
+    let db = database();
+    // a=1 (rev 2), b=3 (rev 3), c=2 (rev 4), then a again (rev 5): a{create 2, mod 5, version 2}
+    let mut rev = INITIAL_REVISION;
+    for (key, value) in [("a", "1"), ("b", "3"), ("c", "2"), ("a", "4")] {
+        rev = write(&db, rev, |w| {
+            w.put(key.as_bytes(), value.as_bytes(), 0).unwrap();
+        });
+    }
+    let txn = db.begin_read().unwrap();
+    let view = View::open(&txn).unwrap();
+    let all = KeyRange::new("\0", "\0");
+    let keys = |options: RangeOptions| -> (Vec<String>, i64, bool) {
+        let r = view.range(&all, &options, None).unwrap();
+        let keys = r
+            .kvs
+            .into_iter()
+            .map(|kv| String::from_utf8(kv.key).unwrap())
+            .collect();
+        (keys, r.count, r.more)
+    };
+    let by = |sort_target, sort_order| RangeOptions {
+        sort_target,
+        sort_order,
+        ..RangeOptions::default()
+    };
+    assert_eq!(
+        keys(by(SortTarget::Value, SortOrder::Ascend)).0,
+        ["c", "b", "a"]
+    );
+    assert_eq!(
+        keys(by(SortTarget::Mod, SortOrder::Descend)).0,
+        ["a", "c", "b"]
+    );
+    // A target without an order sorts ascending, as etcd.
+    assert_eq!(
+        keys(by(SortTarget::Create, SortOrder::None)).0,
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        keys(by(SortTarget::Key, SortOrder::Descend)).0,
+        ["c", "b", "a"]
+    );
+    // Ties (version 1 for b and c) keep key order, ascending and descending.
+    assert_eq!(
+        keys(by(SortTarget::Version, SortOrder::Ascend)).0,
+        ["b", "c", "a"]
+    );
+    assert_eq!(
+        keys(by(SortTarget::Version, SortOrder::Descend)).0,
+        ["a", "b", "c"]
+    );
+    // A target without an order sorts only the first limit + 1 keys in key order (etcd).
+    let quirk = RangeOptions {
+        limit: 1,
+        ..by(SortTarget::Value, SortOrder::None)
+    };
+    assert_eq!(keys(quirk), (vec!["b".to_string()], 3, true));
+    // Sort, then limit; count is every key in the range.
+    let limited = RangeOptions {
+        limit: 1,
+        ..by(SortTarget::Value, SortOrder::Descend)
+    };
+    assert_eq!(keys(limited), (vec!["a".to_string()], 3, true));
+    // Count only: nothing fetched, nothing cut.
+    let count_only = RangeOptions {
+        limit: 1,
+        count_only: true,
+        ..RangeOptions::default()
+    };
+    assert_eq!(keys(count_only), (vec![], 3, false));
+    // Filters drop keys but not from the count.
+    let filtered = RangeOptions {
+        min_mod_revision: 3,
+        max_create_revision: 3,
+        ..RangeOptions::default()
+    };
+    assert_eq!(
+        keys(filtered),
+        (vec!["a".to_string(), "b".to_string()], 3, false)
+    );
+}
+
+fn read_at(
+    db: &Database,
+    key: &str,
+    range_end: &str,
+    at: i64,
+) -> Vec<(String, String, i64, i64, i64)> {
+    let txn = db.begin_read().unwrap();
+    let result = View::open(&txn)
+        .unwrap()
+        .range(
+            &KeyRange::new(key, range_end),
+            &RangeOptions::default(),
+            Some(at),
+        )
+        .unwrap();
+    result
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).unwrap(),
+                String::from_utf8(kv.value).unwrap(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect()
+}
+
+fn hash_at(db: &Database, at: i64) -> u32 {
+    let txn = db.begin_read().unwrap();
+    let compacted = compacted_revision(&txn.open_table(crate::storage::SM_META).unwrap()).unwrap();
+    View::open(&txn).unwrap().hash_kv(at, compacted).unwrap()
+}
+
+fn compact(db: &Database, current: i64, at: i64) -> Result<Compacted, MvccError> {
+    let txn = db.begin_write().unwrap();
+    let result = Writer::new(&txn, current).unwrap().compact(at);
+    txn.commit().unwrap();
+    result
+}
+
+/// etcd 3.4.23, fresh member: `put foo a; put foo b; del foo; put foo c; put bar x`.
+fn etcd_probe_history(db: &Database) -> i64 {
+    let mut rev = INITIAL_REVISION;
+    rev = write(db, rev, |w| drop(w.put(b"foo", b"a", 0).unwrap()));
+    rev = write(db, rev, |w| drop(w.put(b"foo", b"b", 0).unwrap()));
+    rev = write(db, rev, |w| {
+        drop(w.delete_range(&KeyRange::new("foo", "")).unwrap())
+    });
+    rev = write(db, rev, |w| drop(w.put(b"foo", b"c", 0).unwrap()));
+    rev = write(db, rev, |w| drop(w.put(b"bar", b"x", 0).unwrap()));
+    assert_eq!(rev, 6);
+    rev
+}
+
+#[test]
+fn history_reads_see_each_key_as_it_was() {
+    let db = database();
+    etcd_probe_history(&db);
+    let foo =
+        |v: &str, create, modr, version| ("foo".to_string(), v.to_string(), create, modr, version);
+    assert_eq!(read_at(&db, "foo", "", 2), [foo("a", 2, 2, 1)]);
+    assert_eq!(read_at(&db, "foo", "", 3), [foo("b", 2, 3, 2)]);
+    // Deleted at 4: gone at 4, a new generation at 5.
+    assert_eq!(read_at(&db, "foo", "", 4), []);
+    assert_eq!(read_at(&db, "foo", "", 5), [foo("c", 5, 5, 1)]);
+    assert_eq!(read_at(&db, "\0", "\0", 5), [foo("c", 5, 5, 1)]);
+    let everything = read_at(&db, "\0", "\0", 6);
+    assert_eq!(everything.len(), 2);
+    assert_eq!(everything[0].0, "bar");
+    // A key that sorts as a prefix of another ("fo" < "foo") stays its own key.
+    write(&db, 6, |w| drop(w.put(b"fo", b"p", 0).unwrap()));
+    assert_eq!(read_at(&db, "fo", "", 6), []);
+    assert_eq!(read_at(&db, "fo", "fop", 7).len(), 2);
+    assert_eq!(read_at(&db, "fo", "fop", 6), [foo("c", 5, 5, 1)]);
+}
+
+#[test]
+fn hash_kv_equals_etcd_before_and_after_compaction() {
+    let db = database();
+    assert_eq!(hash_at(&db, 1), 1_084_519_789);
+    let rev = etcd_probe_history(&db);
+    // Figures printed by `etcdctl endpoint hashkv [--rev N]` against etcd 3.4.23.
+    assert_eq!(hash_at(&db, 6), 2_165_369_016);
+    assert_eq!(hash_at(&db, 3), 3_418_819_038);
+    compact(&db, rev, 3).unwrap();
+    assert_eq!(hash_at(&db, 6), 1_381_194_701);
+    compact(&db, rev, 4).unwrap();
+    assert_eq!(hash_at(&db, 6), 2_697_150_936);
+    assert_eq!(hash_at(&db, 5), 2_276_368_441);
+}
+
+#[test]
+fn compaction_keeps_what_reads_at_or_after_it_can_see() {
+    // The worked example of the module documentation.
+    let db = database();
+    let mut rev = INITIAL_REVISION;
+    for (op, value) in [
+        ("put", "a"),
+        ("put", "b"),
+        ("del", ""),
+        ("put", "c"),
+        ("del", ""),
+        ("put", "d"),
+    ] {
+        rev = write(&db, rev, |w| {
+            if op == "put" {
+                w.put(b"foo", value.as_bytes(), 0).unwrap();
+            } else {
+                w.delete_range(&KeyRange::new("foo", "")).unwrap();
+            }
+        });
+    }
+    assert_eq!(rev, 7);
+    let retained = |db: &Database| -> Vec<i64> {
+        let txn = db.begin_read().unwrap();
+        let history = txn.open_table(KV_REVISIONS).unwrap();
+        history
+            .iter()
+            .unwrap()
+            .map(|item| {
+                encoding::decode_revision(item.unwrap().0.value())
+                    .unwrap()
+                    .main
+            })
+            .collect()
+    };
+    assert_eq!(retained(&db), [2, 3, 4, 5, 6, 7]);
+    let expected: [(i64, &[i64]); 5] = [
+        (3, &[3, 4, 5, 6, 7]),
+        (4, &[4, 5, 6, 7]),
+        (5, &[5, 6, 7]),
+        (6, &[6, 7]),
+        (7, &[7]),
+    ];
+    for (at, left) in expected {
+        compact(&db, rev, at).unwrap();
+        assert_eq!(retained(&db), left, "after compacting at {at}");
+        // The index names exactly what history holds.
+        let txn = db.begin_read().unwrap();
+        let index = txn.open_table(crate::storage::KV_INDEX).unwrap();
+        let indexed: Vec<i64> = index
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value().1 as i64)
+            .collect();
+        assert_eq!(indexed, left);
+    }
+    assert_eq!(read_at(&db, "foo", "", 7).len(), 1);
+}
+
+#[test]
+fn compaction_refuses_the_past_and_the_future() {
+    let db = database();
+    let rev = etcd_probe_history(&db);
+    assert!(matches!(
+        compact(&db, rev, 7),
+        Err(MvccError::FutureRevision)
+    ));
+    // etcd's first compaction may be at 0; then 0 is compacted.
+    compact(&db, rev, 0).unwrap();
+    assert!(matches!(compact(&db, rev, 0), Err(MvccError::Compacted)));
+    compact(&db, rev, 3).unwrap();
+    assert!(matches!(compact(&db, rev, 3), Err(MvccError::Compacted)));
+    assert!(matches!(compact(&db, rev, 2), Err(MvccError::Compacted)));
+    // Reads below the compaction are refused; at it, served.
+    assert!(matches!(
+        view::check_revision(2, rev, 3),
+        Err(MvccError::Compacted)
+    ));
+    assert_eq!(view::check_revision(3, rev, 3).unwrap(), 3);
+    assert_eq!(view::check_revision(0, rev, 3).unwrap(), rev);
+    assert!(matches!(
+        view::check_revision(7, rev, 3),
+        Err(MvccError::FutureRevision)
+    ));
+    compact(&db, rev, 6).unwrap();
+    assert_eq!(read_at(&db, "\0", "\0", 6).len(), 2);
+}
+
+#[test]
+fn compacted_history_space_is_reused() {
+    use crate::env::disk::Disk;
+    use crate::env::sim_disk::SimDisk;
+    let disk = Disk::Sim(SimDisk::new());
+    let db = disk.open_database("t.redb").unwrap();
+    crate::storage::create_tables(&db).unwrap();
+    let value = vec![b'v'; 4096];
+    let mut rev = INITIAL_REVISION;
+    let mut rounds = Vec::new();
+    for _round in 0..6 {
+        for _ in 0..200 {
+            rev = write(&db, rev, |w| drop(w.put(b"k", &value, 0).unwrap()));
+        }
+        compact(&db, rev, rev).unwrap();
+        rounds.push(disk.file_len("t.redb").unwrap());
+    }
+    // 200 x 4 KiB of history per round: without reuse the file would grow ~800 KiB a round.
+    let growth = rounds[5] - rounds[1];
+    assert!(
+        growth < 400 << 10,
+        "file grew {growth} bytes over 4 compacted rounds: {rounds:?}"
+    );
+}
