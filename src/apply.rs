@@ -157,7 +157,7 @@ pub struct ReadOnly<V> {
 pub type ReadView = View<
     redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    redb::ReadOnlyTable<(&'static [u8], u64), u64>,
+    redb::ReadOnlyTable<(&'static [u8], u64, u64), u8>,
 >;
 
 impl ReadOnly<ReadView> {

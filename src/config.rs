@@ -9,6 +9,7 @@
 //! Member and cluster IDs are derived from the names, peer URLs and cluster token, so every member
 //! computes the same IDs from the same `--initial-cluster` without talking to the others.
 
+use crate::node::compactor::AutoCompaction;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// `--max-txn-ops`: compares, and ops per branch, of one txn.
     pub max_txn_ops: usize,
+    /// `--auto-compaction-mode` with `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
 }
@@ -57,6 +60,7 @@ impl Default for Config {
             name,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            auto_compaction: AutoCompaction::Off,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
         }
@@ -85,6 +89,9 @@ Member:
   --election-timeout '1000'             time (in milliseconds) for an election to timeout
   --max-request-bytes '1572864'         maximum client request size in bytes
   --max-txn-ops '128'                   maximum compares, and operations per branch, in a txn
+  --auto-compaction-mode 'periodic'     'periodic' (retention is a time: hours if a bare number,
+                                        or e.g. '30m') or 'revision' (keep that many revisions)
+  --auto-compaction-retention '0'       how much history auto-compaction keeps; 0 disables it
 
 Clustering:
   --initial-cluster 'default=http://127.0.0.1:2380'
@@ -125,6 +132,73 @@ fn url_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// etcd's reading of `--auto-compaction-retention` for `mode`: a bare non-negative integer is
+/// hours (periodic) or revisions (revision); anything else is a Go duration such as `30m`
+/// (in revision mode, its nanoseconds are the revision count, as etcd). 0 is off.
+fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, FlagError> {
+    let periodic = match mode {
+        "" | "periodic" => true,
+        "revision" => false,
+        other => {
+            return Err(FlagError(format!(
+            "invalid auto-compaction-mode {other:?}: valid values are \"periodic\", \"revision\""
+        )))
+        }
+    };
+    let invalid = || FlagError(format!("invalid auto-compaction-retention {retention:?}"));
+    let duration = match retention.parse::<i64>() {
+        Ok(n) if n >= 0 => {
+            if periodic {
+                Duration::from_secs(n as u64 * 3600)
+            } else {
+                return Ok(match n {
+                    0 => AutoCompaction::Off,
+                    n => AutoCompaction::Revision(n),
+                });
+            }
+        }
+        _ => go_duration(retention).ok_or_else(invalid)?,
+    };
+    Ok(match (duration.is_zero(), periodic) {
+        (true, _) => AutoCompaction::Off,
+        (false, true) => AutoCompaction::Periodic(duration),
+        (false, false) => {
+            AutoCompaction::Revision(i64::try_from(duration.as_nanos()).map_err(|_| invalid())?)
+        }
+    })
+}
+
+/// Parses a Go `time.ParseDuration` string without a sign: `1h30m`, `5m`, `2.5s`, `100ms`.
+fn go_duration(text: &str) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per_unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * nanos_per_unit;
+    }
+    Some(Duration::from_nanos(total as u64))
+}
+
 fn millis(flag: &str, value: &str) -> Result<Duration, FlagError> {
     value
         .parse::<u64>()
@@ -136,6 +210,8 @@ impl Config {
     /// Parses etcd-style flags (`--flag value` or `--flag=value`), without the program name.
     pub fn from_args(args: &[String]) -> Result<Invocation, FlagError> {
         let mut config = Config::default();
+        let mut compaction_mode = "periodic".to_string();
+        let mut compaction_retention = "0".to_string();
         let mut data_dir_set = false;
         let mut advertise_client_set = false;
         let mut advertise_peer_set = false;
@@ -207,6 +283,8 @@ impl Config {
                         FlagError(format!("invalid value {raw:?} for flag --max-txn-ops"))
                     })?;
                 }
+                "auto-compaction-mode" => compaction_mode = value()?,
+                "auto-compaction-retention" => compaction_retention = value()?,
                 "heartbeat-interval" => config.heartbeat_interval = millis(flag, &value()?)?,
                 "election-timeout" => config.election_timeout = millis(flag, &value()?)?,
                 // etcd's logging flags: accepted so etcd command lines work unchanged.
@@ -231,6 +309,7 @@ impl Config {
                 config.initial_advertise_peer_urls.clone(),
             )]);
         }
+        config.auto_compaction = auto_compaction(&compaction_mode, &compaction_retention)?;
         config.validate()?;
         Ok(Invocation::Run(Box::new(config)))
     }
@@ -386,6 +465,58 @@ mod tests {
             Invocation::Run(config) => Ok(*config),
             Invocation::Help => panic!("unexpected help"),
         }
+    }
+
+    #[test]
+    fn auto_compaction_reads_retention_as_etcd() {
+        let hour = Duration::from_secs(3600);
+        let cases: [(&[&str], AutoCompaction); 7] = [
+            (&[], AutoCompaction::Off),
+            (
+                &["--auto-compaction-retention", "1"],
+                AutoCompaction::Periodic(hour),
+            ),
+            (
+                &["--auto-compaction-retention=1h30m"],
+                AutoCompaction::Periodic(hour + hour / 2),
+            ),
+            (
+                &[
+                    "--auto-compaction-mode",
+                    "periodic",
+                    "--auto-compaction-retention",
+                    "2.5s",
+                ],
+                AutoCompaction::Periodic(Duration::from_millis(2500)),
+            ),
+            (
+                &[
+                    "--auto-compaction-mode=revision",
+                    "--auto-compaction-retention=1000",
+                ],
+                AutoCompaction::Revision(1000),
+            ),
+            (
+                &[
+                    "--auto-compaction-retention=0",
+                    "--auto-compaction-mode=revision",
+                ],
+                AutoCompaction::Off,
+            ),
+            (
+                &[
+                    "--auto-compaction-mode=revision",
+                    "--auto-compaction-retention=1us",
+                ],
+                AutoCompaction::Revision(1000),
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(parse(args).unwrap().auto_compaction, expected, "{args:?}");
+        }
+        assert!(parse(&["--auto-compaction-mode=daily"]).is_err());
+        assert!(parse(&["--auto-compaction-retention=soon"]).is_err());
+        assert!(parse(&["--auto-compaction-retention=-1"]).is_err());
     }
 
     #[test]

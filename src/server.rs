@@ -178,6 +178,11 @@ pub async fn run(
                 .map_err(|e| ServerError::Transport(format!("peer listener {addr}: {e}")))
         }));
     }
+    let compactor = tokio::spawn(crate::node::compactor::run(
+        node.clone(),
+        config.auto_compaction,
+        stop_rx.clone(),
+    ));
     on_ready(&node, &listeners);
 
     shutdown.await;
@@ -190,6 +195,7 @@ pub async fn run(
             Err(e) => result = Err(ServerError::Transport(e.to_string())),
         }
     }
+    let _ = compactor.await;
     node.shutdown().await;
     result
 }

@@ -16,7 +16,10 @@ use detcd::env::sim_disk::CrashMode;
 use detcd::env::{Clock, Disk, SimDisk};
 use detcd::pb::etcdserverpb::kv_client::KvClient;
 use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use detcd::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use detcd::pb::etcdserverpb::{
+    CompactionRequest, HashKvRequest, HashKvResponse, PutRequest, RangeRequest, StatusRequest,
+    StatusResponse,
+};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use tonic::transport::Channel;
@@ -41,7 +44,7 @@ fn member_ip(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1))
 }
 
-fn member_config(index: usize, size: usize) -> Config {
+fn member_config(index: usize, size: usize, extra: &[&str]) -> Config {
     let initial_cluster: Vec<String> = (0..size)
         .map(|i| format!("m{}=http://{}:{PEER_PORT}", i + 1, member_ip(i)))
         .collect();
@@ -56,7 +59,9 @@ fn member_config(index: usize, size: usize) -> Config {
         "--initial-cluster".into(),
         initial_cluster.join(","),
     ]
-    .to_vec();
+    .into_iter()
+    .chain(extra.iter().map(|flag| flag.to_string()))
+    .collect();
     match Config::from_args(&args).expect("valid simulated member flags") {
         Invocation::Run(config) => *config,
         Invocation::Help => unreachable!(),
@@ -69,10 +74,15 @@ pub type Outcome<T> = Result<T, tonic::Status>;
 impl Cluster {
     /// Starts `size` members and one client host.
     pub fn start(size: usize) -> Cluster {
+        Self::start_with_flags(size, &[])
+    }
+
+    /// Starts `size` members, each with etcd flags `extra` added, and one client host.
+    pub fn start_with_flags(size: usize, extra: &[&str]) -> Cluster {
         let handle = Handle::current();
         let mut members = Vec::new();
         for index in 0..size {
-            let config = member_config(index, size);
+            let config = member_config(index, size, extra);
             let disk = SimDisk::new();
             // The clock lives outside the node, like the disk: a restart keeps its skew.
             let init_clock = Clock::new();
@@ -302,6 +312,37 @@ impl Cluster {
             Ok(response.into_inner())
         })
         .await
+    }
+
+    /// `member`'s `HashKV` at `revision` (0: its current one), from its own state.
+    pub async fn hash_kv(&self, member: usize, revision: i64) -> Outcome<HashKvResponse> {
+        self.on_client(member, Duration::from_secs(2), move |channel| async move {
+            let response = MaintenanceClient::new(channel)
+                .hash_kv(HashKvRequest { revision })
+                .await?;
+            Ok(response.into_inner())
+        })
+        .await
+    }
+
+    /// Compacts history at `revision` through `member`.
+    pub async fn compact(&mut self, member: usize, revision: i64) -> Outcome<()> {
+        let outcome = self
+            .with_kv(member, move |mut kv| async move {
+                kv.compact(CompactionRequest {
+                    revision,
+                    physical: true,
+                })
+                .await?;
+                Ok(())
+            })
+            .await;
+        self.record(format!(
+            "compact m{} {revision} -> {:?}",
+            member + 1,
+            brief(&outcome)
+        ));
+        outcome
     }
 
     /// Waits until `condition` holds, checking every 100 ms of simulated time; panics with

@@ -95,6 +95,7 @@ pub async fn leader_killed() -> u64 {
     cluster.restart(leader);
     wait_converged(&cluster, leader, &acked).await;
     assert_visible(&mut cluster, &ALL, &acked).await;
+    assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -141,6 +142,7 @@ pub async fn leader_partitioned() -> u64 {
             "the cut-off leader's write became visible"
         );
     }
+    assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -179,6 +181,7 @@ pub async fn crash_recovery() -> u64 {
     for member in ALL {
         wait_converged(&cluster, member, &acked).await;
     }
+    assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -203,6 +206,7 @@ pub async fn group_commit() -> u64 {
         (syncs as usize) * 4 <= puts,
         "{syncs} leader fsyncs for {puts} concurrent puts: writes are not batched"
     );
+    assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -229,5 +233,185 @@ pub async fn leader_crash_after_ack() -> u64 {
             "round {round}: a linearizable read after the leader's restart missed an acknowledged write: {read:?}"
         );
     }
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// The state checker: every member reaches the highest revision any of `members` has applied,
+/// and then all have the same history up to it, compared by etcd's `HashKV` at that revision.
+async fn assert_same_history(cluster: &Cluster, members: &[usize]) {
+    let current = |member: usize| async move {
+        let hash = cluster.hash_kv(member, 0).await;
+        hash.ok().and_then(|h| h.header).map_or(0, |h| h.revision)
+    };
+    let mut at = 0;
+    for &member in members {
+        at = at.max(current(member).await);
+    }
+    assert!(at > 1, "no member answers a revision");
+    for &member in members {
+        cluster
+            .wait_until(
+                "every member applies the newest revision",
+                Duration::from_secs(30),
+                || async move { current(member).await >= at },
+            )
+            .await;
+    }
+    let mut hashes = Vec::new();
+    for &member in members {
+        let hash = cluster
+            .hash_kv(member, at)
+            .await
+            .unwrap_or_else(|e| panic!("HashKV at {at} on m{}: {e}", member + 1));
+        hashes.push((hash.hash, hash.compact_revision));
+    }
+    assert!(
+        hashes.windows(2).all(|pair| pair[0] == pair[1]),
+        "members disagree on history at revision {at}: {hashes:?}"
+    );
+}
+
+/// Overwrites `keys` keys `rounds` times through `member`, making history.
+async fn churn(cluster: &mut Cluster, member: usize, keys: usize, rounds: usize) -> i64 {
+    let mut revision = 0;
+    for round in 0..rounds {
+        for key in 0..keys {
+            revision = cluster
+                .put(member, &format!("churn{key:02}"), &format!("r{round}"))
+                .await
+                .expect("churn put");
+        }
+    }
+    revision
+}
+
+/// Revision-mode auto-compaction (`--auto-compaction-retention=20`): after etcd's 5-minute
+/// interval the leader compacts at `current - 20` through Raft, so every member forgets the same
+/// history, refuses reads below it and still hashes equal; an explicit compaction through a
+/// follower and a restarted member keep it so.
+pub async fn auto_compaction_by_revision() -> u64 {
+    let mut cluster = Cluster::start_with_flags(
+        3,
+        &[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=20",
+        ],
+    );
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let current = churn(&mut cluster, leader, 10, 5).await;
+    assert_eq!(current, 51, "50 puts after the initial revision");
+    let target = current - 20;
+    for member in ALL {
+        cluster
+            .wait_until(
+                "auto-compaction reaches every member",
+                Duration::from_secs(7 * 60),
+                || async {
+                    cluster
+                        .hash_kv(member, 0)
+                        .await
+                        .is_ok_and(|h| h.compact_revision == target)
+                },
+            )
+            .await;
+        let below = cluster.hash_kv(member, target - 1).await;
+        assert_eq!(
+            below.map_err(|e| e.message().to_string()).err().as_deref(),
+            Some("etcdserver: mvcc: required revision has been compacted"),
+            "m{} still serves history below the compaction",
+            member + 1
+        );
+    }
+    assert_same_history(&cluster, &ALL).await;
+
+    let follower = others(leader)[0];
+    churn(&mut cluster, follower, 3, 2).await;
+    let now = cluster
+        .hash_kv(follower, 0)
+        .await
+        .expect("hash")
+        .header
+        .expect("header")
+        .revision;
+    cluster
+        .compact(follower, now)
+        .await
+        .expect("compaction through a follower");
+    let restarted = others(leader)[1];
+    cluster.kill(restarted);
+    churn(&mut cluster, leader, 2, 1).await;
+    cluster.restart(restarted);
+    cluster
+        .wait_until(
+            "the restarted member catches up",
+            Duration::from_secs(30),
+            || async {
+                cluster.hash_kv(restarted, 0).await.is_ok_and(|h| {
+                    h.compact_revision == now && h.header.is_some_and(|h| h.revision == now + 2)
+                })
+            },
+        )
+        .await;
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// Periodic auto-compaction (`--auto-compaction-retention=1m`): the revision is sampled every
+/// 6 s; a minute after start, and every minute after, the leader compacts at the oldest sample
+/// kept — the revision of about a minute before (etcd's `v3compactor.Periodic`).
+pub async fn auto_compaction_periodic() -> u64 {
+    let start = madsim::time::Instant::now();
+    let mut cluster = Cluster::start_with_flags(3, &["--auto-compaction-retention=1m"]);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    // A steady writer: (seconds since start, revision after the put).
+    let mut written: Vec<(f64, i64)> = vec![(0.0, 1)];
+    let mut compactions: Vec<(f64, i64)> = Vec::new();
+    let mut last = -1;
+    while compactions.len() < 2 {
+        let revision = cluster
+            .put(leader, "tick", &written.len().to_string())
+            .await
+            .expect("steady put");
+        written.push((start.elapsed().as_secs_f64(), revision));
+        let compacted = cluster
+            .hash_kv(leader, 0)
+            .await
+            .expect("hash")
+            .compact_revision;
+        if compacted != last {
+            compactions.push((start.elapsed().as_secs_f64(), compacted));
+            last = compacted;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(200),
+            "no periodic compaction: {compactions:?}"
+        );
+        madsim::time::sleep(Duration::from_secs(2)).await;
+    }
+    let revision_at = |seconds: f64| {
+        written
+            .iter()
+            .filter(|(at, _)| *at <= seconds)
+            .map(|(_, revision)| *revision)
+            .max()
+            .unwrap_or(1)
+    };
+    for &(at, compacted) in &compactions {
+        assert!(
+            at >= 60.0,
+            "compacted before a period passed: {compactions:?}"
+        );
+        // The sample compacted at is between 54 and 68 seconds old (6 s samples, 2 s writes).
+        assert!(
+            compacted <= revision_at(at - 54.0) && compacted >= revision_at(at - 68.0),
+            "compaction at {at:.0}s to revision {compacted} is not a minute old: {written:?}"
+        );
+    }
+    assert!(
+        compactions[1].0 >= 120.0,
+        "compactions a minute apart: {compactions:?}"
+    );
+    assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }

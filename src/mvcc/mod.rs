@@ -29,7 +29,7 @@
 //!
 //! Tables (see `storage`): `kv` holds the live generation of every key (what a read at the
 //! current revision sees), `kv_revisions` every retained change by revision (history reads,
-//! watch, compaction, hash), and `kv_index` the same changes by `(key, main revision)`, so a read
+//! watch, compaction, hash), and `kv_index` the same changes by `(key, main, sub)`, so a read
 //! at a past revision finds each key's newest change at or below it without scanning history.
 //!
 //! Architecture Invariant: mvcc never reads the clock and never decides a byte layout (that is

@@ -10,7 +10,7 @@ use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED};
 
 type ByteTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-type IndexTable = redb::ReadOnlyTable<(&'static [u8], u64), u64>;
+type IndexTable = redb::ReadOnlyTable<(&'static [u8], u64, u64), u8>;
 
 /// The three MVCC tables, readable.
 pub struct View<K, H, I> {
@@ -66,7 +66,7 @@ impl<K, H, I> View<K, H, I>
 where
     K: ReadableTable<&'static [u8], &'static [u8]>,
     H: ReadableTable<&'static [u8], &'static [u8]>,
-    I: ReadableTable<(&'static [u8], u64), u64>,
+    I: ReadableTable<(&'static [u8], u64, u64), u8>,
 {
     /// Reads `range` as it was at revision `at`, or as it is now (`None`: the live table). The
     /// caller has checked `at` ([`check_revision`]).
@@ -119,18 +119,20 @@ where
         let at = at as u64;
         let iter = match range.span() {
             Span::Empty => return Ok(()),
-            Span::Single(key) => self.index.range((key, 0u64)..=(key, at))?,
-            Span::From(start) => self.index.range((start, 0u64)..)?,
-            Span::Between(start, end) => self.index.range((start, 0u64)..(end, 0u64))?,
+            Span::Single(key) => self.index.range((key, 0u64, 0u64)..=(key, at, u64::MAX))?,
+            Span::From(start) => self.index.range((start, 0u64, 0u64)..)?,
+            Span::Between(start, end) => {
+                self.index.range((start, 0u64, 0u64)..(end, 0u64, 0u64))?
+            }
         };
-        // Index rows come sorted by (key, main): the last row of a key at or below `at` wins.
+        // Index rows come sorted by (key, main, sub): the last row of a key at or below `at`
+        // wins.
         let mut current_key: Vec<u8> = Vec::new();
-        let mut newest: Option<(i64, u64)> = None;
-        let mut visit_newest = |newest: Option<(i64, u64)>| -> Result<bool, StorageError> {
-            let Some((main, entry)) = newest else {
+        let mut newest: Option<(i64, i64, bool)> = None;
+        let mut visit_newest = |newest: Option<(i64, i64, bool)>| -> Result<bool, StorageError> {
+            let Some((main, sub, tombstone)) = newest else {
                 return Ok(true);
             };
-            let (sub, tombstone) = encoding::decode_index_entry(entry);
             if tombstone {
                 return Ok(true);
             }
@@ -148,7 +150,7 @@ where
         };
         for item in iter {
             let (key, entry) = item?;
-            let (user_key, main) = key.value();
+            let (user_key, main, sub) = key.value();
             if user_key != current_key.as_slice() {
                 if !visit_newest(newest.take())? {
                     return Ok(());
@@ -157,7 +159,7 @@ where
                 current_key.extend_from_slice(user_key);
             }
             if main <= at {
-                newest = Some((main as i64, entry.value()));
+                newest = Some((main as i64, sub as i64, entry.value() == 1));
             }
         }
         visit_newest(newest)?;
@@ -194,7 +196,7 @@ where
                     Some(empty) => empty,
                     None => *keep_is_empty.insert(self.nothing_live_at(at)?),
                 };
-                if !empty && self.changed_between(&kv.key, revision.main, at)? {
+                if !empty && self.changed_after(&kv.key, revision, at)? {
                     continue;
                 }
             }
@@ -213,14 +215,15 @@ where
         Ok(!any)
     }
 
-    /// Whether `key` changed in `(after, upto]`.
-    fn changed_between(&self, key: &[u8], after: i64, upto: i64) -> Result<bool, StorageError> {
-        if upto <= after {
+    /// Whether `key` changed after revision `after`, up to main revision `upto`.
+    fn changed_after(&self, key: &[u8], after: Revision, upto: i64) -> Result<bool, StorageError> {
+        if upto < after.main {
             return Ok(false);
         }
+        let from = (key, after.main as u64, after.sub as u64 + 1);
         Ok(self
             .index
-            .range((key, after as u64 + 1)..=(key, upto as u64))?
+            .range(from..=(key, upto as u64, u64::MAX))?
             .next()
             .is_some())
     }

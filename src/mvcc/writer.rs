@@ -9,7 +9,7 @@ use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, SM_META};
 
 type ByteTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
-type IndexTable<'txn> = Table<'txn, (&'static [u8], u64), u64>;
+type IndexTable<'txn> = Table<'txn, (&'static [u8], u64, u64), u8>;
 
 /// Applies the changes of one write request, all at one main revision.
 pub struct Writer<'txn> {
@@ -144,8 +144,8 @@ impl<'txn> Writer<'txn> {
             HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
         };
         self.view.index.insert(
-            (key, revision.main as u64),
-            encoding::index_entry(revision.sub, tombstone),
+            (key, revision.main as u64, revision.sub as u64),
+            u8::from(tombstone),
         )?;
         self.view.history.insert(
             encoding::encode_revision(revision).as_slice(),
@@ -191,7 +191,7 @@ impl<'txn> Writer<'txn> {
         for (key, main, sub) in &doomed {
             self.view
                 .index
-                .remove((key.as_slice(), *main as u64))
+                .remove((key.as_slice(), *main as u64, *sub as u64))
                 .map_err(StorageError::from)?;
             let revision = encoding::encode_revision(Revision {
                 main: *main,
@@ -224,12 +224,11 @@ impl<'txn> Writer<'txn> {
         };
         for item in self.view.index.iter()? {
             let (key, entry) = item?;
-            let (user_key, main) = key.value();
-            let main = main as i64;
+            let (user_key, main, sub) = key.value();
+            let (main, sub, tombstone) = (main as i64, sub as i64, entry.value() == 1);
             if main > at {
                 continue;
             }
-            let (sub, tombstone) = encoding::decode_index_entry(entry.value());
             match &mut newest {
                 Some((key, old_main, old_sub, _)) if key.as_slice() == user_key => {
                     doomed.push((key.clone(), *old_main, *old_sub));

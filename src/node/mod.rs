@@ -8,6 +8,8 @@
 //! even across a leader change. A member that is not the leader says who is, and the API layer
 //! forwards the request there (as etcd followers do).
 
+pub mod compactor;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 

@@ -192,6 +192,63 @@ impl StateMachine {
     }
 }
 
+/// Replaces the state machine with a snapshot's data (and rebuilds the history index from it),
+/// durably.
+fn install_data(
+    db: &Database,
+    data: &pb::SnapshotData,
+    state: &AppliedState,
+) -> Result<(), io::Error> {
+    let txn = db.begin_write().map_err(io_error)?;
+    for (table, rows) in [(KV, &data.kv), (KV_REVISIONS, &data.kv_revisions)] {
+        let mut table = txn.open_table(table).map_err(io_error)?;
+        table.retain(|_, _| false).map_err(io_error)?;
+        for row in rows {
+            table
+                .insert(row.key.as_slice(), row.value.as_slice())
+                .map_err(io_error)?;
+        }
+    }
+    // The index is derived from history.
+    let mut index = txn.open_table(KV_INDEX).map_err(io_error)?;
+    index.retain(|_, _| false).map_err(io_error)?;
+    for row in &data.kv_revisions {
+        let corrupt = || io_error("corrupt history row in snapshot");
+        let revision = encoding::decode_revision(&row.key).ok_or_else(corrupt)?;
+        let event = encoding::decode_event(&row.value).ok_or_else(corrupt)?;
+        let (key, tombstone) = match &event {
+            encoding::HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
+            encoding::HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
+        };
+        index
+            .insert(
+                (key, revision.main as u64, revision.sub as u64),
+                u8::from(tombstone),
+            )
+            .map_err(io_error)?;
+    }
+    drop(index);
+    let mut meta = txn.open_table(SM_META).map_err(io_error)?;
+    if let Some(compacted) = data.compacted {
+        meta.insert(
+            META_COMPACTED,
+            encoding::encode_u64(compacted as u64).as_slice(),
+        )
+        .map_err(io_error)?;
+    } else {
+        meta.remove(META_COMPACTED).map_err(io_error)?;
+    }
+    drop(meta);
+    write_applied_state(
+        &txn,
+        state.last_applied,
+        state.revision,
+        Some(&state.membership),
+    )?;
+    txn.commit().map_err(io_error)?;
+    Ok(())
+}
+
 /// Makes `snapshot` the current one unless a newer one is already there: a build runs in its
 /// own task, so an installed (newer) snapshot may land before an older build finishes.
 fn keep_newest(current: &Mutex<Option<Snapshot>>, snapshot: Snapshot) {
@@ -323,57 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             revision: data.revision,
         };
         let db = self.db.clone();
-        env::blocking(move || -> Result<(), io::Error> {
-            let txn = db.begin_write().map_err(io_error)?;
-            for (table, rows) in [(KV, &data.kv), (KV_REVISIONS, &data.kv_revisions)] {
-                let mut table = txn.open_table(table).map_err(io_error)?;
-                table.retain(|_, _| false).map_err(io_error)?;
-                for row in rows {
-                    table
-                        .insert(row.key.as_slice(), row.value.as_slice())
-                        .map_err(io_error)?;
-                }
-            }
-            // The index is derived from history.
-            let mut index = txn.open_table(KV_INDEX).map_err(io_error)?;
-            index.retain(|_, _| false).map_err(io_error)?;
-            for row in &data.kv_revisions {
-                let corrupt = || io_error("corrupt history row in snapshot");
-                let revision = encoding::decode_revision(&row.key).ok_or_else(corrupt)?;
-                let event = encoding::decode_event(&row.value).ok_or_else(corrupt)?;
-                let (key, tombstone) = match &event {
-                    encoding::HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
-                    encoding::HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
-                };
-                index
-                    .insert(
-                        (key, revision.main as u64),
-                        encoding::index_entry(revision.sub, tombstone),
-                    )
-                    .map_err(io_error)?;
-            }
-            drop(index);
-            let mut meta = txn.open_table(SM_META).map_err(io_error)?;
-            if let Some(compacted) = data.compacted {
-                meta.insert(
-                    META_COMPACTED,
-                    encoding::encode_u64(compacted as u64).as_slice(),
-                )
-                .map_err(io_error)?;
-            } else {
-                meta.remove(META_COMPACTED).map_err(io_error)?;
-            }
-            drop(meta);
-            write_applied_state(
-                &txn,
-                state.last_applied,
-                state.revision,
-                Some(&state.membership),
-            )?;
-            txn.commit().map_err(io_error)?;
-            Ok(())
-        })
-        .await?;
+        env::blocking(move || install_data(&db, &data, &state)).await?;
         keep_newest(
             &self.current_snapshot,
             Snapshot {
@@ -386,5 +393,99 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         Ok(self.current_snapshot.lock().expect("snapshot lock").clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::ReadOnly;
+    use crate::pb::etcdserverpb::{
+        CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
+    };
+    use redb::backends::InMemoryBackend;
+
+    fn database() -> Database {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        crate::storage::create_tables(&db).unwrap();
+        db
+    }
+
+    fn apply_all(db: &Database, ops: Vec<pb::command::Op>) -> i64 {
+        let txn = db.begin_write().unwrap();
+        let mut revision = INITIAL_REVISION;
+        for op in ops {
+            let command = pb::Command { op: Some(op) };
+            revision = apply::apply(&txn, revision, &command).unwrap().revision;
+        }
+        write_applied_state(&txn, None, revision, None).unwrap();
+        txn.commit().unwrap();
+        revision
+    }
+
+    fn observe(db: &Database) -> (u32, i64, Vec<i64>) {
+        let txn = db.begin_read().unwrap();
+        let store = ReadOnly::open(&txn).unwrap();
+        let hash = store.hash_kv(0).unwrap();
+        let counts = (store.compacted()..=store.revision())
+            .map(|revision| {
+                let request = RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    revision,
+                    ..Default::default()
+                };
+                store.range(&request).unwrap().count
+            })
+            .collect();
+        (hash, store.compacted(), counts)
+    }
+
+    #[test]
+    fn a_snapshot_carries_history_and_compaction_and_rebuilds_the_index() {
+        use pb::command::Op;
+        let put = |k: &str, v: &str| {
+            Op::Put(PutRequest {
+                key: k.into(),
+                value: v.to_owned().into_bytes().into(),
+                ..Default::default()
+            })
+        };
+        let source = database();
+        apply_all(
+            &source,
+            vec![
+                put("a", "1"),
+                put("b", "1"),
+                put("a", "2"),
+                Op::DeleteRange(DeleteRangeRequest {
+                    key: "b".into(),
+                    ..Default::default()
+                }),
+                put("c", "1"),
+                Op::Compaction(CompactionRequest {
+                    revision: 4,
+                    physical: false,
+                }),
+                put("a", "3"),
+            ],
+        );
+        let (meta, bytes) = StateMachine::dump(&source).unwrap();
+        let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
+        assert_eq!(data.compacted, Some(4));
+        let target = database();
+        // Whatever the target held before is replaced.
+        apply_all(&target, vec![put("zzz", "old")]);
+        let state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision: data.revision,
+        };
+        install_data(&target, &data, &state).unwrap();
+        let expected = observe(&source);
+        assert_eq!(expected.1, 4);
+        assert_eq!(observe(&target), expected);
     }
 }

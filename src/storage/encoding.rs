@@ -97,17 +97,6 @@ pub fn event_key(bytes: &[u8]) -> Option<&[u8]> {
     rest.get(HEADER_LEN..HEADER_LEN.checked_add(key_len)?)
 }
 
-/// A `kv_index` value: the change's sub revision, shifted left, with the low bit set for a
-/// tombstone.
-pub fn index_entry(sub: i64, tombstone: bool) -> u64 {
-    ((sub as u64) << 1) | u64::from(tombstone)
-}
-
-/// `(sub, tombstone)` of a `kv_index` value.
-pub fn decode_index_entry(entry: u64) -> (i64, bool) {
-    ((entry >> 1) as i64, entry & 1 == 1)
-}
-
 pub fn encode_u64(value: u64) -> [u8; 8] {
     value.to_be_bytes()
 }
@@ -182,15 +171,9 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_and_index_entries_round_trip() {
+    fn event_keys_are_read_without_decoding() {
         let event = encode_event(&HistoryEvent::Put(sample()));
         assert_eq!(event_key(&event), Some(&b"testkey01"[..]));
         assert_eq!(event_key(&event[..20]), None);
-        for (sub, tombstone) in [(0, false), (0, true), (127, true), (1 << 40, false)] {
-            assert_eq!(
-                decode_index_entry(index_entry(sub, tombstone)),
-                (sub, tombstone)
-            );
-        }
     }
 }

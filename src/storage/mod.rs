@@ -11,7 +11,7 @@
 //! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
 //! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
-//! | `kv_index` | (user key, main revision) | [`encoding::index_entry`]: sub revision and tombstone flag |
+//! | `kv_index` | (user key, main, sub) | 1 for a tombstone, 0 for a put |
 //!
 //! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction.
 //! `kv_index` is derived from `kv_revisions` (a snapshot carries only the latter).
@@ -27,7 +27,7 @@ pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
-pub const KV_INDEX: TableDefinition<(&[u8], u64), u64> = TableDefinition::new("kv_index");
+pub const KV_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::new("kv_index");
 
 pub const META_VOTE: &str = "vote";
 pub const META_COMMITTED: &str = "committed";
