@@ -371,6 +371,36 @@ async fn txn_cases(client: &mut Client, lines: &mut Vec<String>) {
         ),
         ("empty txn", Txn::new()),
         ("max ops", Txn::new().and_then(many_puts(128))),
+        (
+            "nested within budget",
+            Txn::new().and_then(
+                many_puts(99)
+                    .into_iter()
+                    .chain([TxnOp::txn(
+                        Txn::new().and_then(
+                            (0..28)
+                                .map(|i| put(&format!("tx/nest{i}"), "v"))
+                                .collect::<Vec<_>>(),
+                        ),
+                    )])
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "nested over budget",
+            Txn::new().and_then(
+                many_puts(99)
+                    .into_iter()
+                    .chain([TxnOp::txn(
+                        Txn::new().and_then(
+                            (0..29)
+                                .map(|i| put(&format!("tx/nest{i}"), "v"))
+                                .collect::<Vec<_>>(),
+                        ),
+                    )])
+                    .collect::<Vec<_>>(),
+            ),
+        ),
         ("too many ops", Txn::new().and_then(many_puts(129))),
         (
             "too many compares",
@@ -486,6 +516,18 @@ async fn history_cases(client: &mut Client, lines: &mut Vec<String>) {
                 r.compact_version()
             ),
             Err(e) => format!("  hashkv: {e}"),
+        });
+    }
+    // After a compaction a txn's read below it, or at a negative revision, is refused.
+    for read in [-1, current - 1, current] {
+        let txn = Txn::new().and_then([
+            TxnOp::put("tx/after", "1", None),
+            TxnOp::get("tx/a", Some(GetOptions::new().with_revision(read))),
+        ]);
+        let response = client.txn(txn).await.map_err(error);
+        lines.push(match response {
+            Ok(r) => format!("txn read at {read}: {}", txn_response(&r)),
+            Err(e) => format!("txn read at {read}: {e}"),
         });
     }
 }

@@ -118,7 +118,8 @@ fn txn_fields(request: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> 
                     return Err(ApiError::EmptyKey);
                 }
             }
-            Some(Op::RequestTxn(nested)) => txn_fields(nested, max_txn_ops)?,
+            // etcd checks a nested txn against what the outer one left of the budget.
+            Some(Op::RequestTxn(nested)) => txn_fields(nested, max_txn_ops - ops)?,
             // An op with no request: etcd answers this.
             None => return Err(ApiError::KeyNotFound),
         }
@@ -338,5 +339,18 @@ mod tests {
             check(vec![nested(vec![], vec![delete_op("", "")])]),
             Err(ApiError::EmptyKey)
         );
+        // A nested txn gets what its parent left: 100 outer ops leave 28.
+        let mut outer: Vec<RequestOp> = (0..99).map(|i| put_op(&format!("o{i}"))).collect();
+        outer.push(nested(
+            (0..28).map(|i| put_op(&format!("n{i}"))).collect(),
+            vec![],
+        ));
+        assert_eq!(check(outer.clone()), Ok(()));
+        outer.pop();
+        outer.push(nested(
+            (0..29).map(|i| put_op(&format!("n{i}"))).collect(),
+            vec![],
+        ));
+        assert_eq!(check(outer), Err(ApiError::TooManyOps));
     }
 }
