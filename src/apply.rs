@@ -69,11 +69,13 @@ fn refused(error: MvccError) -> Result<ApplyError, StorageError> {
     }
 }
 
-/// Applies one client command on top of `current_revision`.
+/// Applies one client command on top of `current_revision`, appending what it changed to
+/// `changes` (for watchers).
 pub fn apply(
     txn: &WriteTransaction,
     current_revision: i64,
     command: &Command,
+    changes: &mut Vec<mvcc::Change>,
 ) -> Result<CommandResponse, StorageError> {
     let mut writer = Writer::new(txn, current_revision)?;
     let result = match &command.op {
@@ -94,10 +96,9 @@ pub fn apply(
         },
         None => CommandResult::None,
     };
-    Ok(CommandResponse {
-        revision: writer.revision(),
-        result,
-    })
+    let revision = writer.revision();
+    changes.extend(writer.into_changes());
+    Ok(CommandResponse { revision, result })
 }
 
 /// Where a txn runs: a write request's [`Writer`], or a read-only view for a txn without

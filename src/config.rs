@@ -38,6 +38,9 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// `--auto-compaction-mode` with `--auto-compaction-retention`.
     pub auto_compaction: AutoCompaction,
+    /// `--experimental-watch-progress-notify-interval`: how often a watcher that asked for
+    /// progress notifications and is idle gets one (at least 100ms, as etcd).
+    pub watch_progress_notify_interval: Duration,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
 }
@@ -61,6 +64,7 @@ impl Default for Config {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             auto_compaction: AutoCompaction::Off,
+            watch_progress_notify_interval: Duration::from_secs(600),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
         }
@@ -92,6 +96,9 @@ Member:
   --auto-compaction-mode 'periodic'     'periodic' (retention is a time: hours if a bare number,
                                         or e.g. '30m') or 'revision' (keep that many revisions)
   --auto-compaction-retention '0'       how much history auto-compaction keeps; 0 disables it
+  --experimental-watch-progress-notify-interval '10m0s'
+                                        interval of progress notifications to idle watchers
+                                        that ask for them (Go duration, at least 100ms)
 
 Clustering:
   --initial-cluster 'default=http://127.0.0.1:2380'
@@ -131,6 +138,9 @@ fn url_list(value: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// etcd raises a shorter `--experimental-watch-progress-notify-interval` to this.
+pub const MIN_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// etcd's reading of `--auto-compaction-retention` for `mode`: a bare non-negative integer is
 /// hours (periodic) or revisions (revision); anything else is a Go duration such as `30m`
@@ -285,6 +295,17 @@ impl Config {
                 }
                 "auto-compaction-mode" => compaction_mode = value()?,
                 "auto-compaction-retention" => compaction_retention = value()?,
+                "experimental-watch-progress-notify-interval" => {
+                    let raw = value()?;
+                    let interval = go_duration(&raw).ok_or_else(|| {
+                        FlagError(format!(
+                            "invalid value {raw:?} for flag \
+                             --experimental-watch-progress-notify-interval"
+                        ))
+                    })?;
+                    config.watch_progress_notify_interval =
+                        interval.max(MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
+                }
                 "heartbeat-interval" => config.heartbeat_interval = millis(flag, &value()?)?,
                 "election-timeout" => config.election_timeout = millis(flag, &value()?)?,
                 // etcd's logging flags: accepted so etcd command lines work unchanged.
@@ -516,6 +537,19 @@ mod tests {
         }
         assert!(parse(&["--auto-compaction-mode=daily"]).is_err());
         assert!(parse(&["--auto-compaction-retention=soon"]).is_err());
+        assert_eq!(
+            parse(&["--experimental-watch-progress-notify-interval=2s"])
+                .unwrap()
+                .watch_progress_notify_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse(&["--experimental-watch-progress-notify-interval", "1ms"])
+                .unwrap()
+                .watch_progress_notify_interval,
+            MIN_WATCH_PROGRESS_NOTIFY_INTERVAL
+        );
+        assert!(parse(&["--experimental-watch-progress-notify-interval=often"]).is_err());
         assert!(parse(&["--auto-compaction-retention=-1"]).is_err());
     }
 

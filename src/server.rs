@@ -15,6 +15,7 @@ use crate::api::forward::Forwarder;
 use crate::api::kv::{KvLimits, KvService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
+use crate::api::watch::WatchService;
 use crate::api::NotYetImplemented;
 use crate::config::{socket_addr, ClusterState, Config};
 use crate::env::{Clock, Disk, SocketAddr};
@@ -144,7 +145,16 @@ pub async fn run(
             .add_service(MaintenanceServer::new(MaintenanceService::new(
                 node.clone(),
             )))
-            .add_service(WatchServer::new(NotYetImplemented))
+            .add_service(
+                WatchServer::new(WatchService::new(
+                    node.clone(),
+                    max_message_bytes,
+                    config.watch_progress_notify_interval,
+                    stop_rx.clone(),
+                ))
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            )
             .add_service(LeaseServer::new(NotYetImplemented))
             .add_service(ClusterServer::new(NotYetImplemented))
             .add_service(AuthServer::new(NotYetImplemented));

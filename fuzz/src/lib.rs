@@ -18,6 +18,7 @@ use detcd::api::validate;
 use detcd::apply::{self, ApplyError, ApplyOutcome, CommandResult, ReadOnly};
 use detcd::env::sim_disk::CrashMode;
 use detcd::env::{Disk, SimDisk};
+use detcd::mvcc;
 use detcd::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use detcd::pb::etcdserverpb::request_op::Request;
 use detcd::pb::etcdserverpb::response_op::Response;
@@ -310,7 +311,9 @@ impl Store {
             Durability::None
         };
         txn.set_durability(durability).expect("durability");
-        let response = apply::apply(&txn, current, &Command { op: Some(op) }).expect("apply");
+        let mut changes = Vec::new();
+        let response =
+            apply::apply(&txn, current, &Command { op: Some(op) }, &mut changes).expect("apply");
         self.ops += 1;
         {
             let mut meta = txn.open_table(SM_META).expect("meta");
@@ -321,6 +324,17 @@ impl Store {
             meta.insert(META_OPS, ops.as_slice()).expect("ops");
         }
         txn.commit().expect("commit");
+        // What a watcher is sent live equals what one catching up reads back from history.
+        if response.revision > current {
+            let txn = self.db.begin_read().expect("read");
+            let stored = mvcc::View::open(&txn)
+                .expect("view")
+                .changes(response.revision, response.revision, true)
+                .expect("changes");
+            assert_eq!(stored, changes, "live changes differ from history");
+        } else {
+            assert!(changes.is_empty(), "changes without a new revision");
+        }
         response.result
     }
 

@@ -14,8 +14,28 @@
 //!
 //! Cluster and member IDs and the endpoint address are normalised (`<id>`, `ENDPOINT`); nothing
 //! else. `DETCD_RECORD_TRANSCRIPTS=1` re-records every file against a real etcd the test starts.
+//!
+//! Long-running commands (`watch`) run in the background:
+//!
+//! ```text
+//! $ & watch foo --rev 2              <- starts etcdctl in the background (numbered from 1) and
+//! (background 1)                        waits half a second for it to connect; `<` lines are
+//!                                       written to its stdin, which stays open
+//! $ put foo bar
+//! OK
+//! exit 0
+//! $ %stop 1                          <- waits until its output has been quiet for 400ms, closes
+//! PUT                                   its stdin, and kills it (by PID) if it is still running
+//! foo                                   a second later; prints what it printed, then `exit N`
+//! bar                                   if it exited by itself or `killed`
+//! killed
+//! ```
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::harness::{etcdctl_with_input, normalise_ids, split_words};
 
@@ -113,10 +133,124 @@ pub fn render(transcript: &Transcript) -> String {
     out
 }
 
-/// Runs one step against `endpoint`, normalised.
-pub fn run(endpoint: &str, step: &Step) -> String {
-    let output = etcdctl_with_input(endpoint, &step.args(), &step.input());
-    normalise_ids(&output).replace(endpoint, "ENDPOINT")
+/// An etcdctl started with `$ & ...`.
+struct Background {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// Runs the steps of one transcript against `endpoint`, with its background commands.
+pub struct Session {
+    endpoint: String,
+    dir: PathBuf,
+    background: Vec<Background>,
+}
+
+impl Session {
+    /// A session whose background commands keep their output in `dir`.
+    pub fn new(endpoint: &str, dir: &Path) -> Session {
+        Session {
+            endpoint: endpoint.to_string(),
+            dir: dir.to_path_buf(),
+            background: Vec::new(),
+        }
+    }
+
+    /// Runs one step; answers its output, normalised.
+    pub fn run(&mut self, step: &Step) -> String {
+        let output = if let Some(command) = step.command.strip_prefix("& ") {
+            self.start(command, &step.input())
+        } else if let Some(number) = step.command.strip_prefix("%stop ") {
+            self.stop(number.trim().parse().expect("%stop N"))
+        } else {
+            etcdctl_with_input(&self.endpoint, &step.args(), &step.input())
+        };
+        normalise_ids(&output).replace(&self.endpoint, "ENDPOINT")
+    }
+
+    fn start(&mut self, command: &str, input: &[u8]) -> String {
+        let number = self.background.len() + 1;
+        let stdout = self.dir.join(format!("background-{number}.out"));
+        let stderr = self.dir.join(format!("background-{number}.err"));
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(split_words(command))
+            .stdin(Stdio::piped())
+            .stdout(File::create(&stdout).expect("background stdout"))
+            .stderr(File::create(&stderr).expect("background stderr"))
+            .spawn()
+            .expect("run etcdctl (apt-get install etcd-client)");
+        let mut stdin = child.stdin.take();
+        if let Some(pipe) = stdin.as_mut() {
+            let _ = pipe.write_all(input);
+            let _ = pipe.flush();
+        }
+        self.background.push(Background {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        });
+        // Time to connect and create its watches before the next command writes.
+        std::thread::sleep(Duration::from_millis(500));
+        format!("(background {number})\n")
+    }
+
+    fn stop(&mut self, number: usize) -> String {
+        let background = &mut self.background[number - 1];
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut last = (size(&background.stdout), size(&background.stderr));
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(400) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = (size(&background.stdout), size(&background.stderr));
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            }
+        }
+        drop(background.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let status = loop {
+            if let Some(status) = background.child.try_wait().expect("background status") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let ending = match status {
+            Some(status) => format!("exit {}\n", status.code().unwrap_or(-1)),
+            None => {
+                let _ = background.child.kill();
+                let _ = background.child.wait();
+                "killed\n".to_string()
+            }
+        };
+        let mut text = std::fs::read_to_string(&background.stdout).unwrap_or_default();
+        let errors = std::fs::read_to_string(&background.stderr).unwrap_or_default();
+        for line in errors.lines() {
+            if !line.starts_with("{\"level\":") {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.push_str(&ending);
+        text
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for background in &mut self.background {
+            let _ = background.child.kill();
+            let _ = background.child.wait();
+        }
+    }
 }
 
 pub fn transcript_files() -> Vec<std::path::PathBuf> {

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::pin::Pin;
 
@@ -93,18 +94,6 @@ not_yet_implemented!(auth_server::Auth {
     role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
     role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;
 });
-
-#[tonic::async_trait]
-impl watch_server::Watch for NotYetImplemented {
-    type WatchStream = ResponseStream<WatchResponse>;
-
-    async fn watch(
-        &self,
-        _: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(not_yet("watch"))
-    }
-}
 
 #[tonic::async_trait]
 impl lease_server::Lease for NotYetImplemented {

@@ -45,6 +45,7 @@ pub use range::{RangeOptions, RangeResult, SortOrder, SortTarget};
 pub use view::{check_revision, compacted_revision, View, NEVER_COMPACTED};
 pub use writer::{Compacted, Writer};
 
+pub use crate::storage::encoding::HistoryEvent;
 use crate::storage::StorageError;
 
 /// etcd's revision: `main` per write request, `sub` per change inside it.
@@ -66,6 +67,15 @@ pub struct KeyValue {
     pub version: i64,
     pub value: Vec<u8>,
     pub lease: i64,
+}
+
+/// One change a write request made, with the key's live generation before it: what a watch
+/// sends as an event and, when asked, its `prev_kv`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    pub event: HistoryEvent,
+    pub prev: Option<KeyValue>,
 }
 
 /// Why a read or a compaction at a revision cannot be served (etcd's `mvcc.ErrCompacted` and

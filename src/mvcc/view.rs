@@ -5,7 +5,7 @@
 use redb::{ReadTransaction, ReadableTable};
 
 use super::range::{self, RangeOptions, RangeResult};
-use super::{hash, KeyRange, MvccError, Revision, Span};
+use super::{hash, Change, KeyRange, KeyValue, MvccError, Revision, Span};
 use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED};
 
@@ -164,6 +164,71 @@ where
         }
         visit_newest(newest)?;
         Ok(())
+    }
+
+    /// Every retained change of main revisions `from..=to`, in revision order, each with the
+    /// key's generation before it when `with_prev` (what etcd reads at `mod_revision - 1`).
+    /// The caller has checked `from` against the compaction: below it, changes are gone.
+    pub fn changes(
+        &self,
+        from: i64,
+        to: i64,
+        with_prev: bool,
+    ) -> Result<Vec<Change>, StorageError> {
+        let lower = encoding::encode_revision(Revision { main: from, sub: 0 });
+        let upper = encoding::encode_revision(Revision {
+            main: to,
+            sub: i64::MAX,
+        });
+        let mut changes = Vec::new();
+        for item in self
+            .history
+            .range::<&[u8]>(lower.as_slice()..=upper.as_slice())?
+        {
+            let (revision, event) = item?;
+            let revision = encoding::decode_revision(revision.value())
+                .ok_or_else(|| StorageError("corrupt revision key".into()))?;
+            let event = encoding::decode_event(event.value())
+                .ok_or_else(|| StorageError("corrupt history event".into()))?;
+            let prev = match (&event, with_prev) {
+                (HistoryEvent::Put(kv) | HistoryEvent::Delete(kv), true) => {
+                    self.before(&kv.key, revision)?
+                }
+                (_, false) => None,
+            };
+            changes.push(Change {
+                revision,
+                event,
+                prev,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// The live generation `key` had just before `revision`, if history still has it.
+    fn before(&self, key: &[u8], revision: Revision) -> Result<Option<KeyValue>, StorageError> {
+        let upto = (key, revision.main as u64, revision.sub as u64);
+        let Some(item) = self.index.range((key, 0u64, 0u64)..upto)?.next_back() else {
+            return Ok(None);
+        };
+        let (entry, tombstone) = item?;
+        if tombstone.value() == 1 {
+            return Ok(None);
+        }
+        let (_, main, sub) = entry.value();
+        let at = encoding::encode_revision(Revision {
+            main: main as i64,
+            sub: sub as i64,
+        });
+        match self.history.get(at.as_slice())? {
+            Some(event) => match encoding::decode_event(event.value()) {
+                Some(HistoryEvent::Put(kv)) => Ok(Some(kv)),
+                _ => Err(StorageError(format!(
+                    "index and history disagree at {main}"
+                ))),
+            },
+            None => Err(StorageError(format!("index names missing revision {main}"))),
+        }
     }
 
     /// etcd's `HashKV` at revision `at` on a store compacted at `compacted`: CRC-32C over

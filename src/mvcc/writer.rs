@@ -4,7 +4,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::range::{RangeOptions, RangeResult};
 use super::view::{self, View};
-use super::{decode, KeyRange, KeyValue, MvccError, Revision};
+use super::{decode, Change, KeyRange, KeyValue, MvccError, Revision};
 use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, SM_META};
 
@@ -17,6 +17,7 @@ pub struct Writer<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     main: i64,
     next_sub: i64,
+    changes: Vec<Change>,
 }
 
 /// What a compaction removed.
@@ -37,6 +38,7 @@ impl<'txn> Writer<'txn> {
             meta: txn.open_table(SM_META)?,
             main: current_revision + 1,
             next_sub: 0,
+            changes: Vec::new(),
         })
     }
 
@@ -52,6 +54,11 @@ impl<'txn> Writer<'txn> {
         } else {
             self.main - 1
         }
+    }
+
+    /// The changes this request made, in order (what watchers are sent).
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
     }
 
     /// Whether this request has changed anything yet.
@@ -135,10 +142,15 @@ impl<'txn> Writer<'txn> {
         self.view
             .kv
             .insert(key, encoding::encode_key_value(&kv).as_slice())?;
-        self.record(revision, HistoryEvent::Put(kv))
+        self.record(revision, HistoryEvent::Put(kv), previous.cloned())
     }
 
-    fn record(&mut self, revision: Revision, event: HistoryEvent) -> Result<(), StorageError> {
+    fn record(
+        &mut self,
+        revision: Revision,
+        event: HistoryEvent,
+        prev: Option<KeyValue>,
+    ) -> Result<(), StorageError> {
         let (key, tombstone) = match &event {
             HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
             HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
@@ -151,6 +163,11 @@ impl<'txn> Writer<'txn> {
             encoding::encode_revision(revision).as_slice(),
             encoding::encode_event(&event).as_slice(),
         )?;
+        self.changes.push(Change {
+            revision,
+            event,
+            prev,
+        });
         Ok(())
     }
 
@@ -169,7 +186,7 @@ impl<'txn> Writer<'txn> {
                 mod_revision: revision.main,
                 ..KeyValue::default()
             };
-            self.record(revision, HistoryEvent::Delete(tombstone))?;
+            self.record(revision, HistoryEvent::Delete(tombstone), Some(kv.clone()))?;
         }
         Ok(doomed)
     }

@@ -138,7 +138,9 @@ impl Node {
                     .to_string(),
             ));
         }
-        let state_machine = StateMachine::new(db.clone());
+        let state_machine = StateMachine::open(db.clone())
+            .await
+            .map_err(|e| StorageError(format!("open state machine: {e}")))?;
         let raft = DetcdRaft::new(
             config.id,
             Arc::new(raft_config),

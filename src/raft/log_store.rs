@@ -305,7 +305,9 @@ mod tests {
             Ok((
                 (),
                 LogStore::new(db.clone(), Disk::Sim(crate::env::SimDisk::new())),
-                StateMachine::new(db),
+                StateMachine::open(db)
+                    .await
+                    .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?,
             ))
         }
     }

@@ -28,12 +28,15 @@ use crate::storage::{
     KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
     SM_META,
 };
+use crate::watch::{Applied, Hub};
 
 /// The state machine of one member. Clones share the database and the current snapshot.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
     current_snapshot: Arc<Mutex<Option<Snapshot>>>,
+    /// Told about every applied batch (after it is committed) and every installed snapshot.
+    pub hub: Arc<Hub>,
 }
 
 /// What the state machine has applied, read in one transaction.
@@ -122,11 +125,23 @@ where
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<Database>) -> Self {
-        Self {
+    /// The state machine over `db`, its watch hub starting at what `db` has applied.
+    pub async fn open(db: Arc<Database>) -> Result<Self, io::Error> {
+        let reader = db.clone();
+        let applied = env::blocking(move || {
+            let txn = reader.begin_read().map_err(io_error)?;
+            let meta = txn.open_table(SM_META).map_err(io_error)?;
+            Ok::<_, io::Error>(Applied {
+                revision: revision_in(&meta)?,
+                compacted: mvcc::compacted_revision(&meta).map_err(io_error)?,
+            })
+        })
+        .await?;
+        Ok(Self {
             db,
             current_snapshot: Arc::new(Mutex::new(None)),
-        }
+            hub: Hub::new(applied),
+        })
     }
 
     /// Runs `f` on a consistent read view of the store (off the async path in real mode).
@@ -308,47 +323,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let db = self.db.clone();
-        let (batch, responses) = env::blocking(move || -> Result<_, io::Error> {
-            let mut txn = db.begin_write().map_err(io_error)?;
-            txn.set_durability(Durability::None).map_err(io_error)?;
-            let mut revision = {
-                let meta = txn.open_table(SM_META).map_err(io_error)?;
-                revision_in(&meta)?
-            };
-            let mut new_membership = None;
-            let mut last_applied = None;
-            let mut responses = Vec::with_capacity(batch.len());
-            for (entry, _) in &batch {
-                let response = match &entry.payload {
-                    EntryPayload::Normal(command) => {
-                        let response = apply::apply(&txn, revision, command).map_err(io_error)?;
-                        assert!(response.revision >= revision, "revision went back");
-                        revision = response.revision;
-                        response
-                    }
-                    EntryPayload::Membership(membership) => {
-                        new_membership = Some(StoredMembership::new(
-                            Some(entry.log_id),
-                            membership.clone(),
-                        ));
-                        CommandResponse {
+        let (batch, responses, changes, applied) =
+            env::blocking(move || -> Result<_, io::Error> {
+                let mut txn = db.begin_write().map_err(io_error)?;
+                txn.set_durability(Durability::None).map_err(io_error)?;
+                let mut revision = {
+                    let meta = txn.open_table(SM_META).map_err(io_error)?;
+                    revision_in(&meta)?
+                };
+                let mut new_membership = None;
+                let mut last_applied = None;
+                let mut responses = Vec::with_capacity(batch.len());
+                let mut changes = Vec::new();
+                for (entry, _) in &batch {
+                    let response = match &entry.payload {
+                        EntryPayload::Normal(command) => {
+                            let response = apply::apply(&txn, revision, command, &mut changes)
+                                .map_err(io_error)?;
+                            assert!(response.revision >= revision, "revision went back");
+                            revision = response.revision;
+                            response
+                        }
+                        EntryPayload::Membership(membership) => {
+                            new_membership = Some(StoredMembership::new(
+                                Some(entry.log_id),
+                                membership.clone(),
+                            ));
+                            CommandResponse {
+                                revision,
+                                result: CommandResult::None,
+                            }
+                        }
+                        EntryPayload::Blank => CommandResponse {
                             revision,
                             result: CommandResult::None,
-                        }
-                    }
-                    EntryPayload::Blank => CommandResponse {
-                        revision,
-                        result: CommandResult::None,
-                    },
+                        },
+                    };
+                    last_applied = Some(entry.log_id);
+                    responses.push(response);
+                }
+                write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
+                let compacted = {
+                    let meta = txn.open_table(SM_META).map_err(io_error)?;
+                    mvcc::compacted_revision(&meta).map_err(io_error)?
                 };
-                last_applied = Some(entry.log_id);
-                responses.push(response);
-            }
-            write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
-            txn.commit().map_err(io_error)?;
-            Ok((batch, responses))
-        })
-        .await?;
+                txn.commit().map_err(io_error)?;
+                let applied = Applied {
+                    revision,
+                    compacted,
+                };
+                Ok((batch, responses, changes, applied))
+            })
+            .await?;
+        self.hub.publish(changes, applied);
         for ((_, responder), response) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -380,7 +407,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             revision: data.revision,
         };
         let db = self.db.clone();
+        let applied = Applied {
+            revision: data.revision,
+            compacted: data.compacted.unwrap_or(mvcc::NEVER_COMPACTED),
+        };
         env::blocking(move || install_data(&db, &data, &state)).await?;
+        self.hub.reset(applied);
         keep_newest(
             &self.current_snapshot,
             Snapshot {
@@ -418,7 +450,9 @@ mod tests {
         let mut revision = INITIAL_REVISION;
         for op in ops {
             let command = pb::Command { op: Some(op) };
-            revision = apply::apply(&txn, revision, &command).unwrap().revision;
+            revision = apply::apply(&txn, revision, &command, &mut Vec::new())
+                .unwrap()
+                .revision;
         }
         write_applied_state(&txn, None, revision, None).unwrap();
         txn.commit().unwrap();

@@ -1,0 +1,355 @@
+//! The `Watch` service: one task per stream runs that stream's watchers over this member's own
+//! applied history (a watch on a follower sees what one on the leader sees: the same log).
+//!
+//! The loop: deliver what every watcher is owed (from the hub's cache, or from the store when a
+//! watcher is further behind), then wait for a request, a newly applied revision, a progress
+//! tick or shutdown. Responses go through a bounded channel: a client that does not read blocks
+//! only its own stream's task, its watchers fall behind and are caught up from history later;
+//! nothing is dropped and no other stream waits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::ApiError;
+use super::{convert, ResponseStream};
+use crate::env::{watch as signal, Duration};
+use crate::mvcc::{Change, View};
+use crate::node::Node;
+use crate::pb::etcdserverpb::watch_request::RequestUnion;
+use crate::pb::etcdserverpb::{
+    watch_server, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use crate::pb::mvccpb::Event;
+use crate::raft::io_error;
+use crate::storage::SM_META;
+use crate::watch::watcher::{fragments, MAX_REVISIONS_PER_RESPONSE};
+use crate::watch::{Applied, Hub, Watcher};
+
+/// Responses a stream may have queued before its task waits for the client.
+const STREAM_BUFFER: usize = 128;
+
+/// etcd's answer to a client-chosen ID already in use on the stream.
+pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's answer to a range whose end is not after its key.
+pub const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+#[derive(Clone)]
+pub struct WatchService {
+    node: Node,
+    /// A response bigger than this is split for a watcher that allows fragments.
+    max_message_bytes: usize,
+    progress_interval: Duration,
+    stop: signal::Receiver<bool>,
+}
+
+impl WatchService {
+    pub fn new(
+        node: Node,
+        max_message_bytes: usize,
+        progress_interval: Duration,
+        stop: signal::Receiver<bool>,
+    ) -> Self {
+        Self {
+            node,
+            max_message_bytes,
+            progress_interval,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl watch_server::Watch for WatchService {
+    type WatchStream = ResponseStream<WatchResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let stream = WatchStream {
+            service: self.clone(),
+            hub: self.node.state_machine.hub.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_requested: false,
+            sender,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        let responses = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|response| (response, receiver))
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// The client has gone: the stream ends.
+struct Gone;
+
+/// Why the store could not give a watcher its changes.
+enum Unavailable {
+    Compacted(i64),
+    Failed(String),
+}
+
+struct WatchStream {
+    service: WatchService,
+    hub: Arc<Hub>,
+    watchers: BTreeMap<i64, Watcher>,
+    /// The next ID to try when the client leaves the choice to the server (etcd starts at 0).
+    next_id: i64,
+    /// A `WatchProgressRequest` waits until every watcher is caught up.
+    progress_requested: bool,
+    sender: mpsc::Sender<Result<WatchResponse, Status>>,
+}
+
+impl WatchStream {
+    async fn run(mut self, mut requests: Streaming<WatchRequest>) {
+        let mut applied = self.hub.subscribe();
+        let mut stop = self.service.stop.clone();
+        let clock = self.service.node.clock.clone();
+        let interval = self.service.progress_interval;
+        let mut next_tick = clock.now().plus(interval);
+        loop {
+            let current = *applied.borrow_and_update();
+            let owed = match self.deliver(current).await {
+                Ok(owed) => owed,
+                Err(Gone) => return,
+            };
+            if !owed && self.progress_requested {
+                self.progress_requested = false;
+                if self
+                    .send(self.response(current.revision, -1))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        if self.handle(request, current).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) | Err(_) => return,
+                },
+                // More is owed than one round sends: go round again (requests first).
+                _ = std::future::ready(()), if owed => {}
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = clock.sleep(next_tick.since(clock.now())) => {
+                    next_tick = clock.now().plus(interval);
+                    if self.notify_progress(current).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn response(&self, revision: i64, watch_id: i64) -> WatchResponse {
+        let node = &self.service.node;
+        WatchResponse {
+            header: Some(convert::header(
+                node.cluster_id,
+                node.id,
+                revision,
+                node.term(),
+            )),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
+        self.sender.send(Ok(response)).await.map_err(|_| Gone)
+    }
+
+    async fn handle(&mut self, request: WatchRequest, current: Applied) -> Result<(), Gone> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create, current).await,
+            Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) => {
+                // etcd answers a cancel only for a watcher it had.
+                if self.watchers.remove(&watch_id).is_some() {
+                    let mut response = self.response(current.revision, watch_id);
+                    response.canceled = true;
+                    self.send(response).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_requested = true;
+                Ok(())
+            }
+            // etcd ignores a request with nothing in it rather than end the stream.
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest, current: Applied) -> Result<(), Gone> {
+        let mut response = self.response(current.revision, -1);
+        response.created = true;
+        let id = if Watcher::is_empty_range(&create) {
+            Err(EMPTY_RANGE)
+        } else if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                Err(DUPLICATE_ID)
+            } else {
+                Ok(create.watch_id)
+            }
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            Ok(self.next_id - 1)
+        };
+        match id {
+            Ok(id) => {
+                response.watch_id = id;
+                self.watchers
+                    .insert(id, Watcher::new(id, &create, current.revision));
+            }
+            Err(reason) => {
+                response.canceled = true;
+                response.cancel_reason = reason.to_string();
+            }
+        }
+        self.send(response).await
+    }
+
+    /// Sends every watcher up to `MAX_REVISIONS_PER_RESPONSE` of the revisions it is owed up to
+    /// `current`; answers whether any is still owed more.
+    async fn deliver(&mut self, current: Applied) -> Result<bool, Gone> {
+        let mut owed = false;
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| watcher.next <= current.revision)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            let from = watcher.next;
+            let to = current.revision.min(from + MAX_REVISIONS_PER_RESPONSE - 1);
+            if from < current.compacted {
+                self.compacted(id, current.compacted).await?;
+                continue;
+            }
+            // Each response: (header revision, events).
+            let mut responses: Vec<(i64, Vec<Event>)> = Vec::new();
+            match self.hub.cached(from, to) {
+                Some(revisions) if watcher.synced => {
+                    // Live: one response per revision, as etcd's synced watchers.
+                    for revision in &revisions {
+                        let events = watcher.events(&revision.changes);
+                        if !events.is_empty() {
+                            responses.push((revision.revision, events));
+                        }
+                    }
+                }
+                Some(revisions) => {
+                    let changes = revisions.iter().flat_map(|r| r.changes.iter());
+                    responses.push((current.revision, watcher.events(changes)));
+                }
+                None => match self.read_history(from, to, watcher.prev_kv).await {
+                    Ok(changes) => responses.push((current.revision, watcher.events(&changes))),
+                    Err(Unavailable::Compacted(compacted)) => {
+                        self.compacted(id, compacted).await?;
+                        continue;
+                    }
+                    Err(Unavailable::Failed(error)) => {
+                        let status = Status::from(ApiError::Internal(error));
+                        let _ = self.sender.send(Err(status)).await;
+                        return Err(Gone);
+                    }
+                },
+            }
+            responses.retain(|(_, events)| !events.is_empty());
+            let fragment = watcher.fragment;
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.next = to + 1;
+                watcher.synced = watcher.next > current.revision;
+                watcher.sent_since_tick |= !responses.is_empty();
+                owed |= !watcher.synced;
+            }
+            for (revision, events) in responses {
+                let mut response = self.response(revision, id);
+                response.events = events;
+                if fragment {
+                    for piece in fragments(response, self.service.max_message_bytes) {
+                        self.send(piece).await?;
+                    }
+                } else {
+                    self.send(response).await?;
+                }
+            }
+        }
+        Ok(owed)
+    }
+
+    /// Cancels watcher `id`, whose next revision has been compacted (as etcd: `canceled` with
+    /// `compact_revision`, no reason, and a header without a revision).
+    async fn compacted(&mut self, id: i64, compacted: i64) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        let mut response = self.response(0, id);
+        response.canceled = true;
+        response.compact_revision = compacted;
+        self.send(response).await
+    }
+
+    /// Changes of revisions `from..=to` read from the store, unless compaction got there first.
+    async fn read_history(
+        &self,
+        from: i64,
+        to: i64,
+        with_prev: bool,
+    ) -> Result<Vec<Change>, Unavailable> {
+        let read = self
+            .service
+            .node
+            .state_machine
+            .read(move |txn| {
+                let meta = txn.open_table(SM_META).map_err(io_error)?;
+                let compacted = crate::mvcc::compacted_revision(&meta).map_err(io_error)?;
+                if from < compacted {
+                    return Ok(Err(compacted));
+                }
+                let view = View::open(txn).map_err(io_error)?;
+                Ok(Ok(view.changes(from, to, with_prev).map_err(io_error)?))
+            })
+            .await;
+        match read {
+            Ok(Ok(changes)) => Ok(changes),
+            Ok(Err(compacted)) => Err(Unavailable::Compacted(compacted)),
+            Err(error) => Err(Unavailable::Failed(error.to_string())),
+        }
+    }
+
+    /// The periodic notification of watchers that asked for it, are caught up, and were sent
+    /// no events since the last tick (as etcd).
+    async fn notify_progress(&mut self, current: Applied) -> Result<(), Gone> {
+        let mut due = Vec::new();
+        for watcher in self.watchers.values_mut() {
+            if watcher.progress_notify
+                && watcher.next > current.revision
+                && !watcher.sent_since_tick
+            {
+                due.push(watcher.id);
+            }
+            watcher.sent_since_tick = false;
+        }
+        for id in due {
+            self.send(self.response(current.revision, id)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,239 @@
+//! The hub of one member: announces each applied revision to every watch stream and keeps the
+//! changes of the most recent revisions in memory, so a watcher that keeps up never reads the
+//! store. A watcher further behind than the hub remembers reads history from redb instead
+//! (etcd's unsynced watchers); nothing is ever dropped to bound memory, only read later.
+//!
+//! Order of operations (what makes "no event lost, none twice" hold): the state machine commits
+//! an applied batch to redb, then [`Hub::publish`]es its changes, which first extends the cache
+//! and only then announces the new revision. So every revision a stream learns of is both in the
+//! store and, unless evicted, in the cache.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::env::watch;
+use crate::mvcc::{Change, HistoryEvent};
+
+/// What the state machine has applied: its revision and the last compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub revision: i64,
+    pub compacted: i64,
+}
+
+/// The changes of one main revision, in `sub` order.
+#[derive(Debug)]
+pub struct RevisionChanges {
+    pub revision: i64,
+    pub changes: Vec<Change>,
+}
+
+/// How many recent revisions, and how many bytes of their keys and values, the cache holds.
+const CACHE_REVISIONS: usize = 16 * 1024;
+const CACHE_BYTES: usize = 64 << 20;
+
+pub struct Hub {
+    cache: Mutex<Cache>,
+    applied: watch::Sender<Applied>,
+}
+
+/// Recent revisions, contiguous: it answers every revision from `first` to the applied one.
+struct Cache {
+    revisions: VecDeque<Arc<RevisionChanges>>,
+    first: i64,
+    bytes: usize,
+}
+
+fn size_of(revision: &RevisionChanges) -> usize {
+    revision
+        .changes
+        .iter()
+        .map(|change| {
+            let kv = match &change.event {
+                HistoryEvent::Put(kv) | HistoryEvent::Delete(kv) => kv,
+            };
+            let prev = change
+                .prev
+                .as_ref()
+                .map_or(0, |prev| prev.key.len() + prev.value.len());
+            64 + kv.key.len() + kv.value.len() + prev
+        })
+        .sum()
+}
+
+impl Hub {
+    /// A hub for a store at `applied`, with nothing cached.
+    pub fn new(applied: Applied) -> Arc<Self> {
+        let (sender, _) = watch::channel(applied);
+        Arc::new(Self {
+            cache: Mutex::new(Cache {
+                revisions: VecDeque::new(),
+                first: applied.revision + 1,
+                bytes: 0,
+            }),
+            applied: sender,
+        })
+    }
+
+    /// What the state machine has applied so far.
+    pub fn applied(&self) -> Applied {
+        *self.applied.borrow()
+    }
+
+    /// A receiver woken whenever the applied revision or the compaction changes.
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// Records the changes of a committed batch (revisions after the last published one, in
+    /// order) and announces `applied`.
+    pub fn publish(&self, changes: Vec<Change>, applied: Applied) {
+        {
+            let mut cache = self.cache.lock().expect("watch cache");
+            let mut grouped: Vec<RevisionChanges> = Vec::new();
+            for change in changes {
+                match grouped.last_mut() {
+                    Some(last) if last.revision == change.revision.main => {
+                        last.changes.push(change)
+                    }
+                    _ => grouped.push(RevisionChanges {
+                        revision: change.revision.main,
+                        changes: vec![change],
+                    }),
+                }
+            }
+            for revision in grouped {
+                let expected = cache.first + cache.revisions.len() as i64;
+                if revision.revision != expected {
+                    // Not contiguous (cannot happen: every revision has a change). Stay correct
+                    // anyway: forget the cache, readers go to the store.
+                    cache.revisions.clear();
+                    cache.bytes = 0;
+                    cache.first = revision.revision;
+                }
+                cache.bytes += size_of(&revision);
+                cache.revisions.push_back(Arc::new(revision));
+            }
+            while cache.revisions.len() > CACHE_REVISIONS || cache.bytes > CACHE_BYTES {
+                let Some(oldest) = cache.revisions.pop_front() else {
+                    break;
+                };
+                cache.bytes -= size_of(&oldest);
+                cache.first = oldest.revision + 1;
+            }
+            if cache.revisions.is_empty() {
+                cache.first = applied.revision + 1;
+            }
+        }
+        self.applied.send_if_modified(|current| {
+            let changed = *current != applied;
+            *current = applied;
+            changed
+        });
+    }
+
+    /// After a snapshot replaced the store: nothing cached is valid any more.
+    pub fn reset(&self, applied: Applied) {
+        {
+            let mut cache = self.cache.lock().expect("watch cache");
+            cache.revisions.clear();
+            cache.bytes = 0;
+            cache.first = applied.revision + 1;
+        }
+        let _ = self.applied.send(applied);
+    }
+
+    /// The cached changes of revisions `from..=to`, or `None` if the cache no longer holds
+    /// `from` (read the store).
+    pub fn cached(&self, from: i64, to: i64) -> Option<Vec<Arc<RevisionChanges>>> {
+        let cache = self.cache.lock().expect("watch cache");
+        if from < cache.first {
+            return None;
+        }
+        let skip = (from - cache.first) as usize;
+        Some(
+            cache
+                .revisions
+                .iter()
+                .skip(skip)
+                .take_while(|revision| revision.revision <= to)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{KeyValue, Revision};
+
+    fn put(main: i64, sub: i64, key: &str) -> Change {
+        Change {
+            revision: Revision { main, sub },
+            event: HistoryEvent::Put(KeyValue {
+                key: key.as_bytes().to_vec(),
+                mod_revision: main,
+                ..KeyValue::default()
+            }),
+            prev: None,
+        }
+    }
+
+    fn applied(revision: i64) -> Applied {
+        Applied {
+            revision,
+            compacted: -1,
+        }
+    }
+
+    fn revisions(cached: Option<Vec<Arc<RevisionChanges>>>) -> Option<Vec<(i64, usize)>> {
+        cached.map(|all| all.iter().map(|r| (r.revision, r.changes.len())).collect())
+    }
+
+    #[test]
+    fn groups_by_revision_and_answers_ranges() {
+        let hub = Hub::new(applied(1));
+        assert_eq!(revisions(hub.cached(2, 5)), Some(vec![]));
+        assert_eq!(
+            revisions(hub.cached(1, 5)),
+            None,
+            "revision 1 is in the store"
+        );
+        hub.publish(
+            vec![put(2, 0, "a"), put(3, 0, "a"), put(3, 1, "b")],
+            applied(3),
+        );
+        assert_eq!(hub.applied(), applied(3));
+        assert_eq!(revisions(hub.cached(2, 3)), Some(vec![(2, 1), (3, 2)]));
+        assert_eq!(revisions(hub.cached(3, 3)), Some(vec![(3, 2)]));
+        assert_eq!(revisions(hub.cached(2, 2)), Some(vec![(2, 1)]));
+        assert_eq!(revisions(hub.cached(4, 9)), Some(vec![]));
+    }
+
+    #[test]
+    fn evicts_the_oldest_and_sends_readers_to_the_store() {
+        let hub = Hub::new(applied(1));
+        let last = CACHE_REVISIONS as i64 + 11;
+        for revision in 2..=last {
+            hub.publish(vec![put(revision, 0, "k")], applied(revision));
+        }
+        assert_eq!(revisions(hub.cached(11, 11)), None);
+        assert_eq!(revisions(hub.cached(12, 12)), Some(vec![(12, 1)]));
+        assert_eq!(
+            hub.cached(12, last).map(|all| all.len()),
+            Some(CACHE_REVISIONS)
+        );
+    }
+
+    #[test]
+    fn reset_forgets_everything_cached() {
+        let hub = Hub::new(applied(1));
+        hub.publish(vec![put(2, 0, "a")], applied(2));
+        hub.reset(applied(9));
+        assert_eq!(revisions(hub.cached(2, 9)), None);
+        assert_eq!(revisions(hub.cached(10, 10)), Some(vec![]));
+        hub.publish(vec![put(10, 0, "a")], applied(10));
+        assert_eq!(revisions(hub.cached(10, 10)), Some(vec![(10, 1)]));
+    }
+}
