@@ -20,6 +20,7 @@
 mod client;
 mod harness;
 mod transcript;
+mod watch_client;
 
 use std::time::Duration;
 

@@ -17,8 +17,8 @@ use detcd::env::{Clock, Disk, SimDisk};
 use detcd::pb::etcdserverpb::kv_client::KvClient;
 use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use detcd::pb::etcdserverpb::{
-    CompactionRequest, HashKvRequest, HashKvResponse, PutRequest, RangeRequest, StatusRequest,
-    StatusResponse,
+    request_op, CompactionRequest, DeleteRangeRequest, HashKvRequest, HashKvResponse, PutRequest,
+    RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
 };
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -129,6 +129,11 @@ impl Cluster {
         }
     }
 
+    /// The client host, for long-running client tasks (watchers).
+    pub fn client_host(&self) -> &NodeHandle {
+        &self.client
+    }
+
     pub fn endpoint(&self, member: usize) -> String {
         format!("http://{}:{CLIENT_PORT}", self.members[member].ip)
     }
@@ -206,6 +211,71 @@ impl Cluster {
             .await;
         self.record(format!(
             "put m{} {key}={value} -> {:?}",
+            member + 1,
+            brief(&outcome)
+        ));
+        outcome
+    }
+
+    /// Deletes `[key, range_end)` (or `key`) through `member`; returns the revision after it.
+    pub async fn delete(&mut self, member: usize, key: &str, range_end: &str) -> Outcome<i64> {
+        let request = DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: range_end.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let outcome = self
+            .with_kv(member, move |mut kv| async move {
+                let response = kv.delete_range(request).await?.into_inner();
+                Ok(response.header.map_or(0, |h| h.revision))
+            })
+            .await;
+        self.record(format!(
+            "delete m{} {key}..{range_end} -> {:?}",
+            member + 1,
+            brief(&outcome)
+        ));
+        outcome
+    }
+
+    /// One txn through `member` without compares: puts every `puts` pair and deletes `delete`,
+    /// all at one revision; returns it.
+    pub async fn txn(
+        &mut self,
+        member: usize,
+        puts: &[(String, String)],
+        delete: &str,
+    ) -> Outcome<i64> {
+        let mut success: Vec<RequestOp> = puts
+            .iter()
+            .map(|(key, value)| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec().into(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        success.push(RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: delete.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            )),
+        });
+        let request = TxnRequest {
+            success,
+            ..Default::default()
+        };
+        let outcome = self
+            .with_kv(member, move |mut kv| async move {
+                let response = kv.txn(request).await?.into_inner();
+                Ok(response.header.map_or(0, |h| h.revision))
+            })
+            .await;
+        self.record(format!(
+            "txn m{} {puts:?} del {delete} -> {:?}",
             member + 1,
             brief(&outcome)
         ));

@@ -13,6 +13,7 @@
 
 mod cluster;
 mod scenarios;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -169,9 +170,15 @@ fn auto_compaction_periodic() {
 }
 
 #[test]
+fn watch_under_faults() {
+    sweep("watch_under_faults", scenarios::watch_under_faults);
+}
+
+#[test]
 fn determinism() {
     let seed = seeds()[0];
     check_determinism("leader_killed", seed, scenarios::leader_killed);
     check_determinism("leader_partitioned", seed, scenarios::leader_partitioned);
     check_determinism("crash_recovery", seed, scenarios::crash_recovery);
+    check_determinism("watch_under_faults", seed, scenarios::watch_under_faults);
 }

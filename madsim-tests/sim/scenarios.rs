@@ -3,12 +3,15 @@
 //! Each returns the trace hash of its run.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use detcd::env::sim_disk::CrashMode;
 use madsim::rand::Rng;
 
 use crate::cluster::Cluster;
+use crate::watch::{check, check_reference, spawn_load, Received, Seen, Spec, Watcher};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
@@ -412,6 +415,155 @@ pub async fn auto_compaction_periodic() -> u64 {
         compactions[1].0 >= 120.0,
         "compactions a minute apart: {compactions:?}"
     );
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// A mix of writes under the watched prefix `w/` through `members` in turn: puts, single and
+/// range deletes, txns that put two keys and delete a third at one revision. Failures are fine
+/// (the watchers' reference is what was committed, whatever the clients heard).
+async fn write_mix(cluster: &mut Cluster, members: &[usize], round: usize, count: usize) {
+    let mut rng = madsim::rand::thread_rng();
+    for i in 0..count {
+        let member = members[i % members.len()];
+        let key = |n: u32| format!("w/k{n}");
+        let _ = match rng.gen_range(0..10) {
+            0..=4 => {
+                let k = key(rng.gen_range(0..6));
+                cluster.put(member, &k, &format!("r{round}i{i}")).await
+            }
+            5 | 6 => {
+                let k = key(rng.gen_range(0..6));
+                cluster.delete(member, &k, "").await
+            }
+            7 => cluster.delete(member, "w/k2", "w/k5").await,
+            _ => {
+                let puts = [
+                    (key(rng.gen_range(0..3)), format!("t{round}i{i}")),
+                    (key(rng.gen_range(3..5)), format!("u{round}i{i}")),
+                ];
+                cluster.txn(member, &puts, &key(5)).await
+            }
+        };
+    }
+}
+
+/// Watchers that start on each member and re-open on failure (and every few seconds anyway, on
+/// the next member, from the revision after the newest they know) while writes go on through
+/// four rounds of faults: a leader killed, the leader partitioned, a member's power lost. After
+/// healing, each watcher's events must be exactly the committed history — ordered, unique,
+/// whole per revision, with the right `prev_kv` and creation information, its `NODELETE`
+/// filter honoured, and no event after a progress notification that claimed its revision.
+pub async fn watch_under_faults() -> u64 {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(&ALL).await;
+    let endpoints: Vec<String> = ALL.iter().map(|&m| cluster.endpoint(m)).collect();
+    let spec = |prev_kv: bool, no_delete: bool, progress: bool| Spec {
+        prefix: b"w/".to_vec(),
+        start_revision: 1,
+        prev_kv,
+        no_delete,
+        progress_every: progress.then(|| Duration::from_millis(50)),
+    };
+    let client = cluster.client_host().clone();
+    let stop_load = Arc::new(AtomicBool::new(false));
+    spawn_load(&client, endpoints.clone(), "w/", stop_load.clone());
+    let watchers = [
+        (
+            "prev_kv + progress, from m1",
+            Watcher::spawn(&client, endpoints.clone(), 0, spec(true, false, true)),
+        ),
+        (
+            "plain + progress, from m2",
+            Watcher::spawn(&client, endpoints.clone(), 1, spec(false, false, true)),
+        ),
+        (
+            "NODELETE + prev_kv, from m3",
+            Watcher::spawn(&client, endpoints.clone(), 2, spec(true, true, false)),
+        ),
+    ];
+    let modes = [
+        CrashMode::DropUnsynced,
+        CrashMode::KeepPrefix,
+        CrashMode::TearNext,
+        CrashMode::KeepSubset,
+    ];
+    for round in 0..4 {
+        let fault = madsim::rand::thread_rng().gen_range(0..3);
+        match fault {
+            0 => {
+                let leader = cluster.wait_for_leader(&ALL).await;
+                cluster.kill(leader);
+                write_mix(&mut cluster, &others(leader), round, 12).await;
+                cluster.restart(leader);
+            }
+            1 => {
+                let leader = cluster.wait_for_leader(&ALL).await;
+                cluster.partition(&[leader]);
+                write_mix(&mut cluster, &ALL, round, 12).await;
+                cluster.heal();
+            }
+            _ => {
+                let victim = madsim::rand::thread_rng().gen_range(0..3);
+                let mode = modes[madsim::rand::thread_rng().gen_range(0..modes.len())];
+                cluster.crash(victim, mode);
+                write_mix(&mut cluster, &others(victim), round, 12).await;
+                cluster.restart(victim);
+            }
+        }
+        write_mix(&mut cluster, &ALL, round, 6).await;
+    }
+    stop_load.store(true, Ordering::SeqCst);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let last = loop {
+        if let Ok(revision) = cluster.put(leader, "w/last", "end").await {
+            break revision;
+        }
+    };
+    for (name, watcher) in &watchers {
+        cluster
+            .wait_until(
+                &format!("watcher {name} reaches revision {last}"),
+                Duration::from_secs(120),
+                || async { watcher.last_revision() >= last },
+            )
+            .await;
+    }
+    let reference = Watcher::spawn(
+        &client,
+        vec![cluster.endpoint(leader)],
+        0,
+        spec(true, false, false),
+    );
+    cluster
+        .wait_until(
+            "the reference watch reaches the last revision",
+            Duration::from_secs(60),
+            || async { reference.last_revision() >= last },
+        )
+        .await;
+    let reference: Vec<Seen> = reference
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| match r {
+            Received::Events { events } => events.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    check_reference(&reference);
+    for (name, watcher) in &watchers {
+        let checked = check(name, watcher, &reference);
+        let openings = watcher.openings();
+        let line = format!(
+            "watcher {name}: {checked} events checked over {} openings: {}",
+            openings.len(),
+            openings.join(" ")
+        );
+        println!("{line}");
+        cluster.record(line);
+    }
     assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }

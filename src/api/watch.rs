@@ -113,6 +113,8 @@ impl WatchStream {
         let clock = self.service.node.clock.clone();
         let interval = self.service.progress_interval;
         let mut next_tick = clock.now().plus(interval);
+        // A client may close its sending side and go on reading (etcd keeps such a stream).
+        let mut requests_open = true;
         loop {
             let current = *applied.borrow_and_update();
             let owed = match self.deliver(current).await {
@@ -132,13 +134,15 @@ impl WatchStream {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stopped| *stopped) => return,
-                message = requests.message() => match message {
+                _ = self.sender.closed() => return,
+                message = requests.message(), if requests_open => match message {
                     Ok(Some(request)) => {
                         if self.handle(request, current).await.is_err() {
                             return;
                         }
                     }
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => requests_open = false,
+                    Err(_) => return,
                 },
                 // More is owed than one round sends: go round again (requests first).
                 _ = std::future::ready(()), if owed => {}
@@ -250,7 +254,7 @@ impl WatchStream {
                 Some(revisions) if watcher.synced => {
                     // Live: one response per revision, as etcd's synced watchers.
                     for revision in &revisions {
-                        let events = watcher.events(&revision.changes);
+                        let events = watcher.events(&revision.changes, current.compacted);
                         if !events.is_empty() {
                             responses.push((revision.revision, events));
                         }
@@ -258,10 +262,13 @@ impl WatchStream {
                 }
                 Some(revisions) => {
                     let changes = revisions.iter().flat_map(|r| r.changes.iter());
-                    responses.push((current.revision, watcher.events(changes)));
+                    responses.push((current.revision, watcher.events(changes, current.compacted)));
                 }
                 None => match self.read_history(from, to, watcher.prev_kv).await {
-                    Ok(changes) => responses.push((current.revision, watcher.events(&changes))),
+                    Ok(changes) => {
+                        let events = watcher.events(&changes, current.compacted);
+                        responses.push((current.revision, events))
+                    }
                     Err(Unavailable::Compacted(compacted)) => {
                         self.compacted(id, compacted).await?;
                         continue;

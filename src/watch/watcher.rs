@@ -90,12 +90,18 @@ impl Watcher {
         }
     }
 
-    /// The events this watcher is sent for `changes` (in revision order).
-    pub fn events<'a>(&self, changes: impl IntoIterator<Item = &'a Change>) -> Vec<Event> {
+    /// The events this watcher is sent for `changes` (in revision order) on a store compacted
+    /// at `compacted`. etcd reads `prev_kv` at the revision before the event, so an event right
+    /// after the compaction revision (or at it) goes without one, even if it is still known.
+    pub fn events<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a Change>,
+        compacted: i64,
+    ) -> Vec<Event> {
         changes
             .into_iter()
             .filter(|change| self.wants(change))
-            .map(|change| event(change, self.prev_kv))
+            .map(|change| event(change, self.prev_kv && change.revision.main > compacted))
             .collect()
     }
 }
@@ -225,7 +231,7 @@ mod tests {
         ];
         let keys = |watcher: &Watcher| -> Vec<(String, i32)> {
             watcher
-                .events(&changes)
+                .events(&changes, -1)
                 .iter()
                 .map(|e| {
                     let kv = e.kv.as_ref().unwrap();
@@ -254,10 +260,14 @@ mod tests {
     fn prev_kv_only_when_asked() {
         let changes = [change(5, "a", false, Some("old"))];
         let plain = Watcher::new(0, &request("a", ""), 1);
-        assert_eq!(plain.events(&changes)[0].prev_kv, None);
+        assert_eq!(plain.events(&changes, -1)[0].prev_kv, None);
         let mut with_prev = request("a", "");
         with_prev.prev_kv = true;
-        let events = Watcher::new(0, &with_prev, 1).events(&changes);
+        let watcher = Watcher::new(0, &with_prev, 1);
+        // Compacted at the event's revision: etcd cannot read the revision before it.
+        assert_eq!(watcher.events(&changes, 5)[0].prev_kv, None);
+        assert!(watcher.events(&changes, 4)[0].prev_kv.is_some());
+        let events = watcher.events(&changes, -1);
         assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"old");
         // A delete event carries the key and the delete's revision only.
         let kv = events[0].kv.as_ref().unwrap();

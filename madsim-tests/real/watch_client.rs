@@ -1,0 +1,246 @@
+//! Watch through etcd's Rust client against etcd 3.4 and detcd: what etcdctl does not show
+//! (watch IDs, created / canceled responses and their reasons, headers, progress, several
+//! watches on one stream, cancel, compacted and future start revisions, fragments) must be equal
+//! once cluster and member IDs are set aside.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, CompactionOptions, DeleteOptions, EventType, PutOptions, WatchFilterType, WatchOptions,
+    WatchResponse, WatchStream,
+};
+
+use crate::harness::{Process, TempDir};
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+fn kv(kv: Option<&etcd_client::KeyValue>) -> String {
+    match kv {
+        Some(kv) => format!(
+            "{}={} c{} m{} v{}",
+            kv.key_str().unwrap_or("?"),
+            if kv.value().len() > 64 {
+                format!("<{} bytes>", kv.value().len())
+            } else {
+                kv.value_str().unwrap_or("?").to_string()
+            },
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        ),
+        None => "-".to_string(),
+    }
+}
+
+fn response(response: &WatchResponse) -> String {
+    let events: Vec<String> = response
+        .events()
+        .iter()
+        .map(|e| {
+            let kind = match e.event_type() {
+                EventType::Put => "PUT",
+                EventType::Delete => "DELETE",
+            };
+            format!("{kind} {} prev {}", kv(e.kv()), kv(e.prev_kv()))
+        })
+        .collect();
+    format!(
+        "id={} created={} canceled={} reason={:?} compact={} header_rev={} ids_set={} events=[{}]",
+        response.watch_id(),
+        response.created(),
+        response.canceled(),
+        response.cancel_reason(),
+        response.compact_revision(),
+        response.header().map_or(-1, |h| h.revision()),
+        response
+            .header()
+            .is_some_and(|h| h.cluster_id() != 0 && h.member_id() != 0),
+        events.join("; ")
+    )
+}
+
+/// The next `count` responses of `stream` (or a timeout line), sorted: etcd sends the responses
+/// of different watchers for one revision in no fixed order.
+async fn next(stream: &mut WatchStream, count: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..count {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Ok(Ok(Some(r))) => lines.push(response(&r)),
+            Ok(Ok(None)) => lines.push("stream ended".to_string()),
+            Ok(Err(e)) => lines.push(format!("error: {e}")),
+            Err(_) => lines.push("timeout".to_string()),
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Nothing more arrives within a short while.
+async fn nothing_more(stream: &mut WatchStream) -> String {
+    match tokio::time::timeout(Duration::from_millis(400), stream.message()).await {
+        Err(_) => "nothing more".to_string(),
+        Ok(Ok(Some(r))) => format!("unexpected: {}", response(&r)),
+        Ok(other) => format!("unexpected: {other:?}"),
+    }
+}
+
+async fn cases(endpoint: &str) -> Vec<String> {
+    let mut client = Client::connect([endpoint], None).await.expect("connect");
+    let mut lines = Vec::new();
+    client.put("a", "1", None).await.expect("put"); // rev 2
+
+    // Several watches on one stream: server-chosen IDs from 0, a client-chosen one, a duplicate,
+    // an empty range.
+    let mut stream = client.watch("a", None).await.expect("watch");
+    lines.extend(next(&mut stream, 1).await);
+    let options = WatchOptions::new().with_prefix().with_watch_id(7);
+    stream.watch("b", Some(options.clone())).await.unwrap();
+    lines.extend(next(&mut stream, 1).await);
+    stream.watch("b", Some(options)).await.unwrap();
+    lines.extend(next(&mut stream, 1).await);
+    let no_put = WatchOptions::new()
+        .with_prev_key()
+        .with_filters([WatchFilterType::NoPut]);
+    stream.watch("b1", Some(no_put)).await.unwrap();
+    lines.extend(next(&mut stream, 1).await);
+    stream
+        .watch("c", Some(WatchOptions::new().with_range("a")))
+        .await
+        .unwrap();
+    lines.extend(next(&mut stream, 1).await);
+
+    // Events go to the watches that match, filters applied.
+    client.put("a", "2", None).await.expect("put"); // 3
+    client.put("b1", "x", None).await.expect("put"); // 4
+    lines.extend(next(&mut stream, 2).await);
+    client.delete("b1", None).await.expect("delete"); // 5
+    lines.extend(next(&mut stream, 2).await);
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put("b2", "y", None),
+        etcd_client::TxnOp::put("a", "3", None),
+    ]);
+    client.txn(txn).await.expect("txn"); // 6
+    lines.extend(next(&mut stream, 2).await);
+
+    // Progress: the current revision, watch ID -1.
+    stream.request_progress().await.unwrap();
+    lines.extend(next(&mut stream, 1).await);
+    // Cancel: answered for a live watch, silently ignored for an unknown one.
+    stream.cancel(7).await.unwrap();
+    lines.extend(next(&mut stream, 1).await);
+    stream.cancel(99).await.unwrap();
+    lines.push(nothing_more(&mut stream).await);
+    client.put("b3", "z", None).await.expect("put"); // 7: watch 7 is gone
+    lines.push(nothing_more(&mut stream).await);
+    // A canceled ID may be chosen again.
+    stream
+        .watch(
+            "b",
+            Some(WatchOptions::new().with_prefix().with_watch_id(7)),
+        )
+        .await
+        .unwrap();
+    lines.extend(next(&mut stream, 1).await);
+
+    // History: from a past revision, with prev_kv; a future start revision waits.
+    let mut history = client
+        .watch(
+            "a",
+            Some(WatchOptions::new().with_start_revision(2).with_prev_key()),
+        )
+        .await
+        .expect("watch");
+    lines.extend(next(&mut history, 2).await);
+    history
+        .watch("a", Some(WatchOptions::new().with_start_revision(9)))
+        .await
+        .unwrap();
+    lines.extend(next(&mut history, 1).await);
+    client.put("a", "4", None).await.expect("put"); // 8: only the first watch
+    lines.extend(next(&mut history, 1).await);
+    client.put("a", "5", None).await.expect("put"); // 9: both
+    lines.extend(next(&mut history, 2).await);
+
+    // Compaction: a watch from before it is created, then canceled with the compact revision.
+    client
+        .compact(6, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    let mut compacted = client
+        .watch("a", Some(WatchOptions::new().with_start_revision(5)))
+        .await
+        .expect("watch");
+    lines.extend(next(&mut compacted, 2).await);
+    // From exactly the compact revision is allowed.
+    compacted
+        .watch(
+            "a",
+            Some(WatchOptions::new().with_start_revision(6).with_prev_key()),
+        )
+        .await
+        .unwrap();
+    lines.extend(next(&mut compacted, 2).await);
+
+    // Fragments: two deletes of big values with prev_kv in one revision exceed the message
+    // limit (max-request-bytes + 512 KiB) and come in two pieces.
+    let big = vec![b'x'; 1_400_000];
+    client.put("big1", big.clone(), None).await.expect("put"); // 10
+    client.put("big2", big, None).await.expect("put"); // 11
+    let mut fragments = client
+        .watch(
+            "big",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_fragment(),
+            ),
+        )
+        .await
+        .expect("watch");
+    lines.extend(next(&mut fragments, 1).await);
+    client
+        .delete("big", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete"); // 12
+                           // etcd-client does not merge fragments: two responses of one event each.
+    lines.extend(next(&mut fragments, 2).await);
+
+    // A watch on a key with a lease-less put and prev_kv of a re-created key.
+    client
+        .put("a", "6", Some(PutOptions::new().with_prev_key()))
+        .await
+        .expect("put");
+    lines.extend(next(&mut compacted, 1).await);
+    lines
+}
+
+#[test]
+fn watch_through_etcd_client_as_from_etcd() {
+    let dir = TempDir::new("watch-client");
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let etcd = Process::etcd_single(&dir, "etcd");
+    let expected = block_on(cases(&etcd.client_endpoint));
+    let actual = block_on(cases(&detcd.client_endpoint));
+    println!("{}", actual.join("\n"));
+    assert_eq!(expected.len(), actual.len());
+    let differences: Vec<String> = expected
+        .iter()
+        .zip(&actual)
+        .filter(|(e, a)| e != a)
+        .map(|(e, a)| format!("etcd:  {e}\ndetcd: {a}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        expected.len(),
+        differences.join("\n")
+    );
+}
