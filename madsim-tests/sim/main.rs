@@ -175,6 +175,14 @@ fn watch_under_faults() {
 }
 
 #[test]
+fn watch_from_compaction_revision() {
+    sweep(
+        "watch_from_compaction_revision",
+        scenarios::watch_from_compaction_revision,
+    );
+}
+
+#[test]
 fn determinism() {
     let seed = seeds()[0];
     check_determinism("leader_killed", seed, scenarios::leader_killed);

@@ -567,3 +567,142 @@ pub async fn watch_under_faults() -> u64 {
     assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }
+
+/// The events a single-member watcher of `prefix` from `start` has received by the time its
+/// newest event reaches `last` (or the cancel it got instead).
+async fn watch_once(
+    cluster: &Cluster,
+    member: usize,
+    prefix: &str,
+    start: i64,
+    last: i64,
+) -> Result<Vec<Seen>, i64> {
+    let watcher = Watcher::spawn(
+        cluster.client_host(),
+        vec![cluster.endpoint(member)],
+        0,
+        Spec {
+            prefix: prefix.as_bytes().to_vec(),
+            start_revision: start,
+            prev_kv: true,
+            no_delete: false,
+            progress_every: None,
+        },
+    );
+    let canceled = || {
+        watcher.log.lock().unwrap().iter().find_map(|r| match r {
+            Received::Canceled {
+                compact_revision, ..
+            } => Some(*compact_revision),
+            _ => None,
+        })
+    };
+    cluster
+        .wait_until(
+            &format!("a watch on m{} from {start} ends", member + 1),
+            Duration::from_secs(30),
+            || async { watcher.last_revision() >= last || canceled().is_some() },
+        )
+        .await;
+    if let Some(compacted) = canceled() {
+        return Err(compacted);
+    }
+    let events = watcher
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| match r {
+            Received::Events { events } => events.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok(events)
+}
+
+/// etcd#18089 and #19179: a delete at exactly the compaction revision still reaches a watch from
+/// that revision — on every member once the compaction is replicated, and on a member restarted
+/// afterwards — while a watch from below it is canceled with the compaction revision.
+pub async fn watch_from_compaction_revision() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    cluster.put(leader, "c/a", "1").await.expect("put");
+    cluster.put(leader, "c/b", "2").await.expect("put");
+    let deleted_at = cluster.delete(leader, "c/a", "").await.expect("delete");
+    let last = cluster.put(leader, "c/b", "3").await.expect("put");
+    let follower = others(leader)[0];
+    cluster
+        .compact(follower, deleted_at)
+        .await
+        .expect("compact through a follower");
+    let check_member = |events: Result<Vec<Seen>, i64>, member: usize| {
+        let events = events.unwrap_or_else(|c| panic!("m{}: canceled at {c}", member + 1));
+        let summary: Vec<(bool, String, i64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.delete,
+                    String::from_utf8_lossy(&e.key).into_owned(),
+                    e.mod_revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (true, "c/a".to_string(), deleted_at),
+                (false, "c/b".to_string(), last)
+            ],
+            "m{}: a watch from the compaction revision",
+            member + 1
+        );
+        // prev_kv is read at the revision before the event: gone for the delete (compacted),
+        // there for the put after it.
+        assert_eq!(events[0].prev, None);
+        assert!(events[1].prev.is_some());
+    };
+    for member in ALL {
+        // Every member applies the compaction before it answers: wait for its HashKV to say so.
+        cluster
+            .wait_until(
+                &format!("m{} applies the compaction", member + 1),
+                Duration::from_secs(30),
+                || async {
+                    cluster
+                        .hash_kv(member, 0)
+                        .await
+                        .is_ok_and(|h| h.compact_revision == deleted_at)
+                },
+            )
+            .await;
+        let events = watch_once(&cluster, member, "c/", deleted_at, last).await;
+        check_member(events, member);
+        let below = watch_once(&cluster, member, "c/", deleted_at - 1, last).await;
+        assert_eq!(
+            below.err(),
+            Some(deleted_at),
+            "m{}: a watch from below the compaction is canceled with its revision",
+            member + 1
+        );
+    }
+    cluster.kill(follower);
+    cluster.restart(follower);
+    // Until it has re-applied the compaction from its log, a restarted member still has the
+    // older history (as an etcd member replaying its WAL): wait for that.
+    cluster
+        .wait_until(
+            "the restarted member re-applies the compaction",
+            Duration::from_secs(60),
+            || async {
+                cluster
+                    .hash_kv(follower, 0)
+                    .await
+                    .is_ok_and(|h| h.compact_revision == deleted_at)
+            },
+        )
+        .await;
+    let events = watch_once(&cluster, follower, "c/", deleted_at, last).await;
+    check_member(events, follower);
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
