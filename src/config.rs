@@ -43,6 +43,9 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
+    /// `--snapshot-count`: applied entries between two snapshots. A snapshot copies the whole
+    /// state machine, so taking one too often costs more than the log it lets us purge.
+    pub snapshot_count: u64,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             watch_progress_notify_interval: Duration::from_secs(600),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
+            snapshot_count: 100_000,
         }
     }
 }
@@ -91,6 +95,7 @@ Member:
                                         this member's peer URLs, as the cluster knows them
   --heartbeat-interval '100'            time (in milliseconds) of a heartbeat interval
   --election-timeout '1000'             time (in milliseconds) for an election to timeout
+  --snapshot-count '100000'             number of committed transactions to trigger a snapshot
   --max-request-bytes '1572864'         maximum client request size in bytes
   --max-txn-ops '128'                   maximum compares, and operations per branch, in a txn
   --auto-compaction-mode 'periodic'     'periodic' (retention is a time: hours if a bare number,
@@ -286,6 +291,19 @@ impl Config {
                     config.max_request_bytes = raw.parse().map_err(|_| {
                         FlagError(format!("invalid value {raw:?} for flag --max-request-bytes"))
                     })?;
+                }
+                "snapshot-count" => {
+                    let raw = value()?;
+                    config.snapshot_count = match raw.parse() {
+                        // etcd takes 0 as its default.
+                        Ok(0) => Config::default().snapshot_count,
+                        Ok(count) => count,
+                        Err(_) => {
+                            return Err(FlagError(format!(
+                                "invalid value {raw:?} for flag --snapshot-count"
+                            )))
+                        }
+                    };
                 }
                 "max-txn-ops" => {
                     let raw = value()?;
@@ -550,6 +568,12 @@ mod tests {
             MIN_WATCH_PROGRESS_NOTIFY_INTERVAL
         );
         assert!(parse(&["--experimental-watch-progress-notify-interval=often"]).is_err());
+        assert_eq!(parse(&["--snapshot-count=20"]).unwrap().snapshot_count, 20);
+        assert_eq!(
+            parse(&["--snapshot-count=0"]).unwrap().snapshot_count,
+            100_000
+        );
+        assert!(parse(&["--snapshot-count=many"]).is_err());
         assert!(parse(&["--auto-compaction-retention=-1"]).is_err());
     }
 

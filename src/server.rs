@@ -114,6 +114,7 @@ pub async fn run(
             members: initial_members(&config),
             heartbeat_interval: config.heartbeat_interval,
             election_timeout: config.election_timeout,
+            snapshot_count: config.snapshot_count,
         },
         disk,
         Arc::new(db),

@@ -183,6 +183,14 @@ fn watch_from_compaction_revision() {
 }
 
 #[test]
+fn watch_across_snapshot_install() {
+    sweep(
+        "watch_across_snapshot_install",
+        scenarios::watch_across_snapshot_install,
+    );
+}
+
+#[test]
 fn determinism() {
     let seed = seeds()[0];
     check_determinism("leader_killed", seed, scenarios::leader_killed);

@@ -453,9 +453,11 @@ async fn write_mix(cluster: &mut Cluster, members: &[usize], round: usize, count
 /// four rounds of faults: a leader killed, the leader partitioned, a member's power lost. After
 /// healing, each watcher's events must be exactly the committed history — ordered, unique,
 /// whole per revision, with the right `prev_kv` and creation information, its `NODELETE`
-/// filter honoured, and no event after a progress notification that claimed its revision.
+/// filter honoured, and no event after a progress notification (requested, or periodic with
+/// `--experimental-watch-progress-notify-interval=200ms`) that claimed its revision.
 pub async fn watch_under_faults() -> u64 {
-    let mut cluster = Cluster::start(3);
+    let mut cluster =
+        Cluster::start_with_flags(3, &["--experimental-watch-progress-notify-interval=200ms"]);
     cluster.wait_for_leader(&ALL).await;
     let endpoints: Vec<String> = ALL.iter().map(|&m| cluster.endpoint(m)).collect();
     let spec = |prev_kv: bool, no_delete: bool, progress: bool| Spec {
@@ -464,6 +466,7 @@ pub async fn watch_under_faults() -> u64 {
         prev_kv,
         no_delete,
         progress_every: progress.then(|| Duration::from_millis(50)),
+        progress_notify: !progress,
     };
     let client = cluster.client_host().clone();
     let stop_load = Arc::new(AtomicBool::new(false));
@@ -557,7 +560,9 @@ pub async fn watch_under_faults() -> u64 {
         let checked = check(name, watcher, &reference);
         let openings = watcher.openings();
         let line = format!(
-            "watcher {name}: {checked} events checked over {} openings: {}",
+            "watcher {name}: {checked} events and {} progress notifications checked over {} \
+             openings: {}",
+            watcher.progress_notifications(),
             openings.len(),
             openings.join(" ")
         );
@@ -587,6 +592,7 @@ async fn watch_once(
             prev_kv: true,
             no_delete: false,
             progress_every: None,
+            progress_notify: false,
         },
     );
     let canceled = || {
@@ -703,6 +709,82 @@ pub async fn watch_from_compaction_revision() -> u64 {
         .await;
     let events = watch_once(&cluster, follower, "c/", deleted_at, last).await;
     check_member(events, follower);
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// etcd#15271, #9086, #20221: a member that was cut off long enough to be sent a snapshot
+/// (`--snapshot-count=20`, so the leader has purged the log it missed) installs it while
+/// watchers are open on it — one from the start, one opened "from now" while it was cut off —
+/// and both go on with exactly the committed history: nothing missed in the jump, nothing
+/// twice, nothing going back.
+pub async fn watch_across_snapshot_install() -> u64 {
+    let mut cluster = Cluster::start_with_flags(3, &["--snapshot-count=20"]);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let cut_off = others(leader)[madsim::rand::thread_rng().gen_range(0..2)];
+    let client = cluster.client_host().clone();
+    let spec = |start_revision: i64| Spec {
+        prefix: b"w/".to_vec(),
+        start_revision,
+        prev_kv: true,
+        no_delete: false,
+        progress_every: Some(Duration::from_millis(300)),
+        progress_notify: true,
+    };
+    let only_cut_off = vec![cluster.endpoint(cut_off)];
+    write_mix(&mut cluster, &ALL, 0, 10).await;
+    let from_start = Watcher::spawn(&client, only_cut_off.clone(), 0, spec(1));
+    cluster.partition(&[cut_off]);
+    // Opened on the cut-off member "from now": its now is stale, and stays so until the snapshot.
+    let stale_now = cluster
+        .hash_kv(cut_off, 0)
+        .await
+        .ok()
+        .and_then(|h| h.header)
+        .map_or(1, |h| h.revision);
+    let from_now = Watcher::spawn(&client, only_cut_off, 0, spec(stale_now + 1));
+    let majority = others(cut_off);
+    for round in 1..=4 {
+        write_mix(&mut cluster, &majority, round, 25).await;
+    }
+    cluster.heal();
+    let last = loop {
+        if let Ok(revision) = cluster.put(leader, "w/last", "end").await {
+            break revision;
+        }
+    };
+    for (name, watcher) in [("from the start", &from_start), ("from now", &from_now)] {
+        cluster
+            .wait_until(
+                &format!("the watcher {name} on the cut-off member reaches {last}"),
+                Duration::from_secs(120),
+                || async { watcher.last_revision() >= last },
+            )
+            .await;
+    }
+    let reference = Watcher::spawn(&client, vec![cluster.endpoint(leader)], 0, spec(1));
+    cluster
+        .wait_until(
+            "the reference watch reaches the last revision",
+            Duration::from_secs(60),
+            || async { reference.last_revision() >= last },
+        )
+        .await;
+    let reference: Vec<Seen> = reference
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| match r {
+            Received::Events { events } => events.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    check_reference(&reference);
+    for (name, watcher) in [("from the start", &from_start), ("from now", &from_now)] {
+        let checked = check(name, watcher, &reference);
+        cluster.record(format!("watcher {name}: {checked} events checked"));
+    }
     assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }

@@ -94,6 +94,8 @@ pub struct Spec {
     pub no_delete: bool,
     /// Send a `WatchProgressRequest` every this often.
     pub progress_every: Option<Duration>,
+    /// Ask for the server's periodic progress notifications (`progress_notify`).
+    pub progress_notify: bool,
 }
 
 pub struct Watcher {
@@ -136,6 +138,14 @@ impl Watcher {
             .unwrap_or(0)
     }
 
+    /// How many progress notifications it received.
+    pub fn progress_notifications(&self) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|r| matches!(r, Received::Progress { .. }))
+            .count()
+    }
+
     /// Where and from which revision the watch was opened, in order (`m2@17`).
     pub fn openings(&self) -> Vec<String> {
         let log = self.log.lock().unwrap();
@@ -170,6 +180,7 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
                 range_end: prefix_end(&spec.prefix),
                 start_revision: next,
                 prev_kv: spec.prev_kv,
+                progress_notify: spec.progress_notify,
                 filters: if spec.no_delete {
                     vec![FilterType::Nodelete as i32]
                 } else {

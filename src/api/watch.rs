@@ -110,6 +110,17 @@ impl WatchStream {
     async fn run(mut self, mut requests: Streaming<WatchRequest>) {
         let mut applied = self.hub.subscribe();
         let mut stop = self.service.stop.clone();
+        // Shutdown or the client gone: one future for the stream's life, not one per round
+        // (with a thousand streams, re-registering wake-ups each round shows in profiles).
+        let probe = self.sender.clone();
+        let ended = async move {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => {}
+                _ = probe.closed() => {}
+            }
+        };
+        tokio::pin!(ended);
         let clock = self.service.node.clock.clone();
         let interval = self.service.progress_interval;
         let mut next_tick = clock.now().plus(interval);
@@ -131,10 +142,13 @@ impl WatchStream {
                     return;
                 }
             }
+            let ticking = self
+                .watchers
+                .values()
+                .any(|watcher| watcher.progress_notify);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                _ = self.sender.closed() => return,
+                _ = &mut ended => return,
                 message = requests.message(), if requests_open => match message {
                     Ok(Some(request)) => {
                         if self.handle(request, current).await.is_err() {
@@ -147,7 +161,7 @@ impl WatchStream {
                 // More is owed than one round sends: go round again (requests first).
                 _ = std::future::ready(()), if owed => {}
                 changed = applied.changed() => if changed.is_err() { return },
-                _ = clock.sleep(next_tick.since(clock.now())) => {
+                _ = async { clock.sleep(next_tick.since(clock.now())).await }, if ticking => {
                     next_tick = clock.now().plus(interval);
                     if self.notify_progress(current).await.is_err() {
                         return;

@@ -30,9 +30,9 @@ use crate::storage::{self, StorageError};
 /// (etcd: 5 s plus two election timeouts).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// Applied entries between two snapshots (etcd's `--snapshot-count` default). A snapshot copies
-/// the whole state machine, so taking one too often costs more than the log it lets us purge.
-pub const SNAPSHOT_COUNT: u64 = 100_000;
+/// Log entries kept after a snapshot for followers to catch up from, at most (etcd's
+/// `--snapshot-catchup-entries` is 5,000; fewer if snapshots are taken more often).
+const CATCHUP_ENTRIES: u64 = 1000;
 
 /// Why a request could not be served here.
 #[derive(Debug, Clone)]
@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub members: BTreeMap<u64, MemberNode>,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
+    /// `--snapshot-count`: applied entries between two snapshots.
+    pub snapshot_count: u64,
 }
 
 /// A running member.
@@ -103,8 +105,8 @@ impl Node {
             election_timeout_max: election_ms * 2,
             install_snapshot_timeout: 10_000,
             max_payload_entries: 1024,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_COUNT),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: CATCHUP_ENTRIES.min(config.snapshot_count),
             // A restarted leader must not resume its old term: its committed index and state
             // machine are only as new as its last fsync, which may predate writes it had
             // acknowledged, and a ReadIndex from them would serve stale reads. Without restore
