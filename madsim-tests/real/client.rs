@@ -7,15 +7,7 @@ use etcd_client::{
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::harness::{Process, TempDir};
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
+use crate::harness::{block_on, same_as_etcd, Process, TempDir};
 
 fn kv(kv: &etcd_client::KeyValue) -> String {
     format!(
@@ -534,25 +526,9 @@ async fn history_cases(client: &mut Client, lines: &mut Vec<String>) {
 
 #[test]
 fn etcd_client_sees_the_same_responses_as_from_etcd() {
-    let dir = TempDir::new("client");
-    let detcd = Process::detcd_single(&dir, "detcd");
-    let etcd = Process::etcd_single(&dir, "etcd");
-    let expected = block_on(transcript(&etcd.client_endpoint));
-    let actual = block_on(transcript(&detcd.client_endpoint));
-    assert_eq!(expected.len(), actual.len());
-    println!("{}", actual.join("\n"));
-    let differences: Vec<String> = expected
-        .iter()
-        .zip(&actual)
-        .filter(|(e, a)| e != a)
-        .map(|(e, a)| format!("etcd:  {e}\ndetcd: {a}"))
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ:\n{}",
-        differences.len(),
-        expected.len(),
-        differences.join("\n")
+    same_as_etcd(
+        "client",
+        |endpoint| async move { transcript(&endpoint).await },
     );
 }
 

@@ -335,6 +335,50 @@ pub fn split_words(line: &str) -> Vec<String> {
     words
 }
 
+/// Runs `future` on a fresh current-thread tokio runtime (the `etcd-client` crate needs one).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// Runs `cases` (one line per response) against a fresh etcd 3.4 and a fresh detcd: the lines
+/// must be equal, one for one.
+pub fn same_as_etcd<F, Fut>(label: &str, cases: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let dir = TempDir::new(label);
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let etcd = Process::etcd_single(&dir, "etcd");
+    let expected = block_on(cases(etcd.client_endpoint.clone()));
+    let actual = block_on(cases(detcd.client_endpoint.clone()));
+    assert_same_lines(&expected, &actual);
+}
+
+/// The lines detcd gave (`actual`) must be the lines etcd gave (`expected`), one for one; the
+/// failure lists every pair that differs.
+pub fn assert_same_lines(expected: &[String], actual: &[String]) {
+    println!("{}", actual.join("\n"));
+    assert_eq!(expected.len(), actual.len(), "different numbers of lines");
+    let differences: Vec<String> = expected
+        .iter()
+        .zip(actual)
+        .filter(|(e, a)| e != a)
+        .map(|(e, a)| format!("etcd:  {e}\ndetcd: {a}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        expected.len(),
+        differences.join("\n")
+    );
+}
+
 /// Polls `condition` every 100 ms; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -10,15 +10,7 @@ use etcd_client::{
     WatchResponse, WatchStream,
 };
 
-use crate::harness::{Process, TempDir};
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
+use crate::harness::{block_on, same_as_etcd, Process, TempDir};
 
 fn kv(kv: Option<&etcd_client::KeyValue>) -> String {
     match kv {
@@ -223,25 +215,9 @@ async fn cases(endpoint: &str) -> Vec<String> {
 
 #[test]
 fn watch_through_etcd_client_as_from_etcd() {
-    let dir = TempDir::new("watch-client");
-    let detcd = Process::detcd_single(&dir, "detcd");
-    let etcd = Process::etcd_single(&dir, "etcd");
-    let expected = block_on(cases(&etcd.client_endpoint));
-    let actual = block_on(cases(&detcd.client_endpoint));
-    println!("{}", actual.join("\n"));
-    assert_eq!(expected.len(), actual.len());
-    let differences: Vec<String> = expected
-        .iter()
-        .zip(&actual)
-        .filter(|(e, a)| e != a)
-        .map(|(e, a)| format!("etcd:  {e}\ndetcd: {a}"))
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ:\n{}",
-        differences.len(),
-        expected.len(),
-        differences.join("\n")
+    same_as_etcd(
+        "watch-client",
+        |endpoint| async move { cases(&endpoint).await },
     );
 }
 

@@ -523,7 +523,22 @@ pub async fn watch_under_faults() -> u64 {
             break revision;
         }
     };
-    for (name, watcher) in &watchers {
+    let watchers: Vec<(&str, &Watcher)> = watchers.iter().map(|(n, w)| (*n, w)).collect();
+    check_watchers(&mut cluster, leader, last, &watchers).await;
+    assert_same_history(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// Waits until each of `watchers` has seen revision `last`, then checks every one against the
+/// reference history — a fresh watch of the same prefix from revision 1 on `member`, itself
+/// checked by replay — and records what was checked in the trace.
+async fn check_watchers(
+    cluster: &mut Cluster,
+    member: usize,
+    last: i64,
+    watchers: &[(&str, &Watcher)],
+) {
+    for (name, watcher) in watchers {
         cluster
             .wait_until(
                 &format!("watcher {name} reaches revision {last}"),
@@ -532,11 +547,19 @@ pub async fn watch_under_faults() -> u64 {
             )
             .await;
     }
+    let spec = Spec {
+        prefix: watchers[0].1.spec.prefix.clone(),
+        start_revision: 1,
+        prev_kv: true,
+        no_delete: false,
+        progress_every: None,
+        progress_notify: false,
+    };
     let reference = Watcher::spawn(
-        &client,
-        vec![cluster.endpoint(leader)],
+        cluster.client_host(),
+        vec![cluster.endpoint(member)],
         0,
-        spec(true, false, false),
+        spec,
     );
     cluster
         .wait_until(
@@ -545,18 +568,9 @@ pub async fn watch_under_faults() -> u64 {
             || async { reference.last_revision() >= last },
         )
         .await;
-    let reference: Vec<Seen> = reference
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| match r {
-            Received::Events { events } => events.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
+    let reference = reference.events();
     check_reference(&reference);
-    for (name, watcher) in &watchers {
+    for (name, watcher) in watchers {
         let checked = check(name, watcher, &reference);
         let openings = watcher.openings();
         let line = format!(
@@ -569,8 +583,6 @@ pub async fn watch_under_faults() -> u64 {
         println!("{line}");
         cluster.record(line);
     }
-    assert_same_history(&cluster, &ALL).await;
-    cluster.trace_hash()
 }
 
 /// The events a single-member watcher of `prefix` from `start` has received by the time its
@@ -613,17 +625,7 @@ async fn watch_once(
     if let Some(compacted) = canceled() {
         return Err(compacted);
     }
-    let events = watcher
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| match r {
-            Received::Events { events } => events.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
-    Ok(events)
+    Ok(watcher.events())
 }
 
 /// etcd#18089 and #19179: a delete at exactly the compaction revision still reaches a watch from
@@ -753,38 +755,8 @@ pub async fn watch_across_snapshot_install() -> u64 {
             break revision;
         }
     };
-    for (name, watcher) in [("from the start", &from_start), ("from now", &from_now)] {
-        cluster
-            .wait_until(
-                &format!("the watcher {name} on the cut-off member reaches {last}"),
-                Duration::from_secs(120),
-                || async { watcher.last_revision() >= last },
-            )
-            .await;
-    }
-    let reference = Watcher::spawn(&client, vec![cluster.endpoint(leader)], 0, spec(1));
-    cluster
-        .wait_until(
-            "the reference watch reaches the last revision",
-            Duration::from_secs(60),
-            || async { reference.last_revision() >= last },
-        )
-        .await;
-    let reference: Vec<Seen> = reference
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| match r {
-            Received::Events { events } => events.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
-    check_reference(&reference);
-    for (name, watcher) in [("from the start", &from_start), ("from now", &from_now)] {
-        let checked = check(name, watcher, &reference);
-        cluster.record(format!("watcher {name}: {checked} events checked"));
-    }
+    let watchers = [("from the start", &from_start), ("from now", &from_now)];
+    check_watchers(&mut cluster, leader, last, &watchers).await;
     assert_same_history(&cluster, &ALL).await;
     cluster.trace_hash()
 }

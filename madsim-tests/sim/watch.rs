@@ -138,6 +138,17 @@ impl Watcher {
             .unwrap_or(0)
     }
 
+    /// Every event received, in order.
+    pub fn events(&self) -> Vec<Seen> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .flat_map(|r| match r {
+                Received::Events { events } => events.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     /// How many progress notifications it received.
     pub fn progress_notifications(&self) -> usize {
         let log = self.log.lock().unwrap();
