@@ -21,8 +21,9 @@ use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb;
 use crate::pb::raft::{command, Command};
@@ -42,6 +43,8 @@ pub enum CommandResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction,
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     /// The request was refused by a state-dependent check; nothing changed.
     Rejected(ApplyError),
     /// A Raft-internal entry (blank or membership): no client response.
@@ -53,8 +56,10 @@ pub enum CommandResult {
 pub enum ApplyError {
     /// `ignore_value` or `ignore_lease` on a key that does not exist (etcd's `ErrKeyNotFound`).
     KeyNotFound,
-    /// A put names a lease that does not exist (`ErrLeaseNotFound`).
+    /// A put or a revoke names a lease that does not exist (`ErrLeaseNotFound`).
     LeaseNotFound,
+    /// A grant names a lease that already exists (`ErrLeaseExist`).
+    LeaseExists,
     /// A read or compaction below the last compaction (`ErrCompacted`).
     Compacted,
     /// A read or compaction above the current revision (`ErrFutureRev`).
@@ -94,6 +99,46 @@ pub fn apply(
             Ok(_) => CommandResult::Compaction,
             Err(error) => CommandResult::Rejected(refused(error)?),
         },
+        // ID 0 means "no lease" (etcd's lessor refuses to grant it).
+        Some(command::Op::LeaseGrant(grant)) if grant.id == 0 => {
+            CommandResult::Rejected(ApplyError::LeaseNotFound)
+        }
+        Some(command::Op::LeaseGrant(grant)) => match writer.lease(grant.id)? {
+            Some(_) => CommandResult::Rejected(ApplyError::LeaseExists),
+            None => {
+                // The proposer chose the ID and applied the minimum TTL: apply only records.
+                let record = mvcc::LeaseRecord {
+                    ttl: grant.ttl,
+                    remaining: 0,
+                };
+                writer.set_lease(grant.id, record)?;
+                CommandResult::LeaseGrant(LeaseGrantResponse {
+                    header: revision_header(writer.revision()),
+                    id: grant.id,
+                    ttl: grant.ttl,
+                    error: String::new(),
+                })
+            }
+        },
+        Some(command::Op::LeaseRevoke(revoke)) => match writer.lease(revoke.id)? {
+            None => CommandResult::Rejected(ApplyError::LeaseNotFound),
+            Some(_) => {
+                writer.revoke_lease(revoke.id)?;
+                CommandResult::LeaseRevoke(LeaseRevokeResponse {
+                    header: revision_header(writer.revision()),
+                })
+            }
+        },
+        Some(command::Op::LeaseCheckpoint(request)) => {
+            // A checkpoint of a lease revoked meanwhile is moot.
+            for checkpoint in &request.checkpoints {
+                if let Some(mut record) = writer.lease(checkpoint.id)? {
+                    record.remaining = checkpoint.remaining_ttl;
+                    writer.set_lease(checkpoint.id, record)?;
+                }
+            }
+            CommandResult::None
+        }
         None => CommandResult::None,
     };
     let revision = writer.revision();
@@ -114,6 +159,7 @@ trait TxnStore {
         options: &RangeOptions,
         revision: i64,
     ) -> Result<(RangeResult, i64), MvccError>;
+    fn lease_exists(&self, id: i64) -> Result<bool, StorageError>;
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, StorageError>;
     fn delete(&mut self, request: &DeleteRangeRequest)
         -> Result<DeleteRangeResponse, StorageError>;
@@ -136,6 +182,9 @@ impl TxnStore for Writer<'_> {
         revision: i64,
     ) -> Result<(RangeResult, i64), MvccError> {
         Writer::range(self, range, options, revision)
+    }
+    fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
+        Ok(Writer::lease(self, id)?.is_some())
     }
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, StorageError> {
         do_put(self, request)
@@ -269,6 +318,9 @@ impl TxnStore for ReadOnly<ReadView> {
         };
         Ok((result, self.revision))
     }
+    fn lease_exists(&self, _: i64) -> Result<bool, StorageError> {
+        Err(StorageError("a read-only txn checked a put's lease".into()))
+    }
     fn put(&mut self, _: &PutRequest) -> Result<PutResponse, StorageError> {
         Err(StorageError("a read-only txn tried to put".into()))
     }
@@ -356,9 +408,7 @@ fn check_put<S: TxnStore + ?Sized>(
     store: &S,
     request: &PutRequest,
 ) -> Result<Option<ApplyError>, StorageError> {
-    // No lease can exist until the lease service lands: every lease ID is unknown (etcd's
-    // answer for a lease it does not have).
-    if request.lease != 0 {
+    if request.lease != 0 && !store.lease_exists(request.lease)? {
         return Ok(Some(ApplyError::LeaseNotFound));
     }
     if (request.ignore_value || request.ignore_lease) && store.get(&request.key)?.is_none() {

@@ -23,7 +23,8 @@ use detcd::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion
 use detcd::pb::etcdserverpb::request_op::Request;
 use detcd::pb::etcdserverpb::response_op::Response;
 use detcd::pb::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use detcd::pb::mvccpb;
 use detcd::pb::raft::{command, Command};
@@ -734,7 +735,7 @@ pub fn requests(data: &[u8]) {
     let Some((&kind, bytes)) = data.split_first() else {
         return;
     };
-    let op = match kind % 5 {
+    let op = match kind % 8 {
         0 => PutRequest::decode(bytes)
             .ok()
             .filter(|r| validate::put(r, 1 << 20).is_ok())
@@ -750,6 +751,15 @@ pub fn requests(data: &[u8]) {
         3 => CompactionRequest::decode(bytes)
             .ok()
             .map(command::Op::Compaction),
+        5 => LeaseGrantRequest::decode(bytes)
+            .ok()
+            .map(command::Op::LeaseGrant),
+        6 => LeaseRevokeRequest::decode(bytes)
+            .ok()
+            .map(command::Op::LeaseRevoke),
+        7 => LeaseCheckpointRequest::decode(bytes)
+            .ok()
+            .map(command::Op::LeaseCheckpoint),
         _ => {
             let Ok(request) = RangeRequest::decode(bytes) else {
                 return;
@@ -797,7 +807,7 @@ pub fn requests(data: &[u8]) {
     }
 }
 
-/// A store with a little history: a few keys, an overwrite, a delete and a compaction.
+/// A store with a little history: a few keys, an overwrite, a delete, a compaction and a lease.
 fn seeded_store() -> Store {
     let mut store = Store::new();
     for (k, v) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")] {
@@ -814,6 +824,17 @@ fn seeded_store() -> Store {
     store.apply(command::Op::Compaction(CompactionRequest {
         revision: 3,
         physical: false,
+    }));
+    // Lease 1 with key d attached, so revokes and puts with a lease meet a real one.
+    store.apply(command::Op::LeaseGrant(LeaseGrantRequest {
+        id: 1,
+        ttl: 60,
+    }));
+    store.apply(command::Op::Put(PutRequest {
+        key: b"d".to_vec(),
+        value: b"5".to_vec().into(),
+        lease: 1,
+        ..Default::default()
     }));
     store
 }

@@ -15,6 +15,8 @@ pub enum ApiError {
     KeyNotFound,
     /// `ErrGRPCLeaseNotFound`
     LeaseNotFound,
+    /// `ErrGRPCLeaseExist`
+    LeaseExists,
     /// `ErrGRPCValueProvided`
     ValueProvided,
     /// `ErrGRPCLeaseProvided`
@@ -53,6 +55,7 @@ impl ApiError {
             | ApiError::TooManyOps
             | ApiError::DuplicateKey => Code::InvalidArgument,
             ApiError::LeaseNotFound => Code::NotFound,
+            ApiError::LeaseExists => Code::FailedPrecondition,
             ApiError::FutureRevision | ApiError::Compacted => Code::OutOfRange,
             ApiError::NoLeader
             | ApiError::Timeout
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::RequestTooLarge => "etcdserver: request is too large".into(),
             ApiError::KeyNotFound => "etcdserver: key not found".into(),
             ApiError::LeaseNotFound => "etcdserver: requested lease not found".into(),
+            ApiError::LeaseExists => "etcdserver: lease already exists".into(),
             ApiError::ValueProvided => "etcdserver: value is provided".into(),
             ApiError::LeaseProvided => "etcdserver: lease is provided".into(),
             ApiError::NoLeader => "etcdserver: no leader".into(),
@@ -92,6 +96,7 @@ impl From<crate::apply::ApplyError> for ApiError {
         match error {
             ApplyError::KeyNotFound => ApiError::KeyNotFound,
             ApplyError::LeaseNotFound => ApiError::LeaseNotFound,
+            ApplyError::LeaseExists => ApiError::LeaseExists,
             ApplyError::Compacted => ApiError::Compacted,
             ApplyError::FutureRevision => ApiError::FutureRevision,
         }

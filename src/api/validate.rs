@@ -64,13 +64,8 @@ fn put_fields(request: &PutRequest) -> Result<(), ApiError> {
 
 pub fn put(request: &PutRequest, max_request_bytes: usize) -> Result<(), ApiError> {
     put_fields(request)?;
-    size(request, max_request_bytes)?;
-    // No lease can exist until the lease service lands, so any lease ID is unknown; etcd gives
-    // this answer for a lease it does not have.
-    if request.lease != 0 {
-        return Err(ApiError::LeaseNotFound);
-    }
-    Ok(())
+    // Whether the lease exists depends on state: apply checks it (etcd's `checkPut`).
+    size(request, max_request_bytes)
 }
 
 pub fn delete_range(

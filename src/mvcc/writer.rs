@@ -6,15 +6,29 @@ use super::range::{RangeOptions, RangeResult};
 use super::view::{self, View};
 use super::{decode, Change, KeyRange, KeyValue, MvccError, Revision};
 use crate::storage::encoding::{self, HistoryEvent};
-use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, SM_META};
+use crate::storage::{
+    StorageError, KV, KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, SM_META,
+};
 
 type ByteTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
 type IndexTable<'txn> = Table<'txn, (&'static [u8], u64, u64), u8>;
+
+/// A lease as the state machine records it (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The TTL it was granted with (after etcd's minimum).
+    pub ttl: i64,
+    /// The remaining TTL of its last checkpoint; 0 if it has none since its last renewal.
+    pub remaining: i64,
+}
 
 /// Applies the changes of one write request, all at one main revision.
 pub struct Writer<'txn> {
     view: View<ByteTable<'txn>, ByteTable<'txn>, IndexTable<'txn>>,
     meta: Table<'txn, &'static str, &'static [u8]>,
+    leases: Table<'txn, i64, &'static [u8]>,
+    /// Which keys each lease has attached (derived from `kv`'s lease fields).
+    lease_keys: Table<'txn, (i64, &'static [u8]), u8>,
     main: i64,
     next_sub: i64,
     changes: Vec<Change>,
@@ -36,6 +50,8 @@ impl<'txn> Writer<'txn> {
                 index: txn.open_table(KV_INDEX)?,
             },
             meta: txn.open_table(SM_META)?,
+            leases: txn.open_table(LEASES)?,
+            lease_keys: txn.open_table(LEASE_KEYS)?,
             main: current_revision + 1,
             next_sub: 0,
             changes: Vec::new(),
@@ -142,6 +158,14 @@ impl<'txn> Writer<'txn> {
         self.view
             .kv
             .insert(key, encoding::encode_key_value(&kv).as_slice())?;
+        if let Some(old) = previous.map(|prev| prev.lease).filter(|&old| old != 0) {
+            if old != lease {
+                self.lease_keys.remove((old, key))?;
+            }
+        }
+        if lease != 0 {
+            self.lease_keys.insert((lease, key), 0)?;
+        }
         self.record(revision, HistoryEvent::Put(kv), previous.cloned())
     }
 
@@ -181,6 +205,9 @@ impl<'txn> Writer<'txn> {
         for kv in &doomed {
             let revision = self.next_revision();
             self.view.kv.remove(kv.key.as_slice())?;
+            if kv.lease != 0 {
+                self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
+            }
             let tombstone = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: revision.main,
@@ -259,6 +286,50 @@ impl<'txn> Writer<'txn> {
         }
         settle(newest, &mut doomed);
         Ok(doomed)
+    }
+
+    /// The lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, StorageError> {
+        match self.leases.get(id)? {
+            Some(bytes) => {
+                let (ttl, remaining) = encoding::decode_lease(bytes.value())
+                    .ok_or_else(|| StorageError(format!("corrupt lease {id:x}")))?;
+                Ok(Some(LeaseRecord { ttl, remaining }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records lease `id` (which the caller has checked does not exist).
+    pub fn set_lease(&mut self, id: i64, record: LeaseRecord) -> Result<(), StorageError> {
+        let bytes = encoding::encode_lease(record.ttl, record.remaining);
+        self.leases.insert(id, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = Vec::new();
+        for item in self.lease_keys.range((id, &[][..])..)? {
+            let (entry, _) = item?;
+            let (lease, key) = entry.value();
+            if lease != id {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        Ok(keys)
+    }
+
+    /// Revokes lease `id`: deletes every key attached to it, all at this request's revision (as
+    /// etcd), then the lease. Returns the deleted generations.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<Vec<KeyValue>, StorageError> {
+        let mut deleted = Vec::new();
+        for key in self.lease_keys(id)? {
+            deleted.extend(self.delete_range(&KeyRange::new(key, Vec::new()))?);
+        }
+        self.leases.remove(id)?;
+        Ok(deleted)
     }
 
     /// etcd's `HashKV` at `at` over this request's view.

@@ -41,6 +41,17 @@ impl fmt::Display for Command {
             Some(command::Op::Compaction(compaction)) => {
                 write!(f, "compaction({})", compaction.revision)
             }
+            Some(command::Op::LeaseGrant(grant)) => {
+                write!(f, "lease_grant({:x}, {}s)", grant.id, grant.ttl)
+            }
+            Some(command::Op::LeaseRevoke(revoke)) => write!(f, "lease_revoke({:x})", revoke.id),
+            Some(command::Op::LeaseCheckpoint(checkpoint)) => {
+                write!(
+                    f,
+                    "lease_checkpoint({} leases)",
+                    checkpoint.checkpoints.len()
+                )
+            }
             None => f.write_str("empty"),
         }
     }

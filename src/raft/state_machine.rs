@@ -25,8 +25,8 @@ use crate::mvcc::{self, INITIAL_REVISION};
 use crate::pb::raft as pb;
 use crate::storage::encoding;
 use crate::storage::{
-    KV, KV_INDEX, KV_REVISIONS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
-    SM_META,
+    KV, KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED,
+    META_MEMBERSHIP, META_REVISION, SM_META,
 };
 use crate::watch::{Applied, Hub};
 
@@ -199,6 +199,14 @@ impl StateMachine {
                 });
             }
         }
+        let leases = txn.open_table(LEASES).map_err(io_error)?;
+        for item in leases.iter().map_err(io_error)? {
+            let (id, record) = item.map_err(io_error)?;
+            data.leases.push(pb::KeyValuePair {
+                key: id.value().to_be_bytes().to_vec(),
+                value: record.value().to_vec(),
+            });
+        }
         let meta = SnapshotMeta {
             last_log_id: state.last_applied,
             last_membership: state.membership,
@@ -243,6 +251,32 @@ fn install_data(
             .map_err(io_error)?;
     }
     drop(index);
+    // Leases, and which keys each has (derived from the live keys' lease fields).
+    let mut leases = txn.open_table(LEASES).map_err(io_error)?;
+    leases.retain(|_, _| false).map_err(io_error)?;
+    for row in &data.leases {
+        let id: [u8; 8] = row
+            .key
+            .as_slice()
+            .try_into()
+            .map_err(|_| io_error("corrupt lease ID in snapshot"))?;
+        leases
+            .insert(i64::from_be_bytes(id), row.value.as_slice())
+            .map_err(io_error)?;
+    }
+    drop(leases);
+    let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(io_error)?;
+    lease_keys.retain(|_, _| false).map_err(io_error)?;
+    for row in &data.kv {
+        let kv = encoding::decode_key_value(&row.value)
+            .ok_or_else(|| io_error("corrupt key-value in snapshot"))?;
+        if kv.lease != 0 {
+            lease_keys
+                .insert((kv.lease, kv.key.as_slice()), 0)
+                .map_err(io_error)?;
+        }
+    }
+    drop(lease_keys);
     let mut meta = txn.open_table(SM_META).map_err(io_error)?;
     if let Some(compacted) = data.compacted {
         meta.insert(
@@ -521,5 +555,174 @@ mod tests {
         let expected = observe(&source);
         assert_eq!(expected.1, 4);
         assert_eq!(observe(&target), expected);
+    }
+
+    /// Applies one command on top of `revision` in its own transaction.
+    fn apply_one(
+        db: &Database,
+        revision: i64,
+        op: pb::command::Op,
+    ) -> (apply::CommandResponse, Vec<mvcc::Change>) {
+        let txn = db.begin_write().unwrap();
+        let mut changes = Vec::new();
+        let command = pb::Command { op: Some(op) };
+        let response = apply::apply(&txn, revision, &command, &mut changes).unwrap();
+        write_applied_state(&txn, None, response.revision, None).unwrap();
+        txn.commit().unwrap();
+        (response, changes)
+    }
+
+    mod lease_ops {
+        use crate::pb::etcdserverpb::{
+            LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
+            PutRequest,
+        };
+        use crate::pb::raft::command::Op;
+
+        pub fn grant(id: i64, ttl: i64) -> Op {
+            Op::LeaseGrant(LeaseGrantRequest { id, ttl })
+        }
+        pub fn revoke(id: i64) -> Op {
+            Op::LeaseRevoke(LeaseRevokeRequest { id })
+        }
+        pub fn checkpoint(id: i64, remaining_ttl: i64) -> Op {
+            Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: vec![LeaseCheckpoint { id, remaining_ttl }],
+            })
+        }
+        pub fn put(key: &str, lease: i64) -> Op {
+            Op::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec().into(),
+                lease,
+                ..Default::default()
+            })
+        }
+    }
+
+    fn lease_of(db: &Database, id: i64) -> Option<(i64, i64)> {
+        let txn = db.begin_read().unwrap();
+        let leases = txn.open_table(LEASES).unwrap();
+        let record = leases.get(id).unwrap()?;
+        encoding::decode_lease(record.value())
+    }
+
+    fn keys_of(db: &Database, id: i64) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(LEASE_KEYS).unwrap();
+        let mut keys = Vec::new();
+        for item in table.iter().unwrap() {
+            let (entry, _) = item.unwrap();
+            let (lease, key) = entry.value();
+            if lease == id {
+                keys.push(String::from_utf8(key.to_vec()).unwrap());
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn leases_attach_keys_and_a_revoke_deletes_them_at_one_revision() {
+        use apply::{ApplyError, CommandResult};
+        use lease_ops::*;
+        let db = database();
+        let rejected = |response: apply::CommandResponse| match response.result {
+            CommandResult::Rejected(error) => error,
+            other => panic!("not rejected: {other:?}"),
+        };
+        // A put naming a lease that does not exist changes nothing.
+        let (response, _) = apply_one(&db, 1, put("a", 7));
+        assert_eq!(rejected(response.clone()), ApplyError::LeaseNotFound);
+        assert_eq!(response.revision, 1);
+        // A grant records the lease without a new revision; a second grant of the ID fails.
+        let (response, _) = apply_one(&db, 1, grant(7, 10));
+        assert!(
+            matches!(response.result, CommandResult::LeaseGrant(ref g) if g.id == 7 && g.ttl == 10)
+        );
+        assert_eq!(response.revision, 1);
+        assert_eq!(
+            rejected(apply_one(&db, 1, grant(7, 30)).0),
+            ApplyError::LeaseExists
+        );
+        assert_eq!(lease_of(&db, 7), Some((10, 0)));
+        apply_one(&db, 1, grant(8, 10));
+        // Puts attach keys; re-putting with another lease or none moves or detaches them.
+        assert_eq!(apply_one(&db, 1, put("a", 7)).0.revision, 2);
+        apply_one(&db, 2, put("b", 7));
+        apply_one(&db, 3, put("c", 0));
+        apply_one(&db, 4, put("d", 7));
+        apply_one(&db, 5, put("b", 0));
+        apply_one(&db, 6, put("d", 8));
+        assert_eq!(keys_of(&db, 7), ["a"]);
+        assert_eq!(keys_of(&db, 8), ["d"]);
+        // A checkpoint records the remaining TTL; one for an unknown lease is ignored.
+        apply_one(&db, 7, checkpoint(7, 4));
+        apply_one(&db, 7, checkpoint(99, 4));
+        assert_eq!(lease_of(&db, 7), Some((10, 4)));
+        assert_eq!(lease_of(&db, 99), None);
+        // Revoking deletes what is attached, at one new revision, as delete events with their
+        // previous generations (what watchers are sent).
+        apply_one(&db, 7, put("e", 7));
+        let (response, changes) = apply_one(&db, 8, revoke(7));
+        assert!(matches!(response.result, CommandResult::LeaseRevoke(_)));
+        assert_eq!(response.revision, 9);
+        let deleted: Vec<(String, i64, bool)> = changes
+            .iter()
+            .map(|c| match &c.event {
+                mvcc::HistoryEvent::Delete(kv) => (
+                    String::from_utf8(kv.key.clone()).unwrap(),
+                    c.revision.main,
+                    c.prev.as_ref().is_some_and(|p| p.lease == 7),
+                ),
+                other => panic!("not a delete: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            [("a".to_string(), 9, true), ("e".to_string(), 9, true)]
+        );
+        assert_eq!(lease_of(&db, 7), None);
+        assert!(keys_of(&db, 7).is_empty());
+        assert_eq!(
+            rejected(apply_one(&db, 9, revoke(7)).0),
+            ApplyError::LeaseNotFound
+        );
+        // A lease with nothing attached is revoked without a new revision.
+        apply_one(&db, 9, put("d", 0));
+        let (response, changes) = apply_one(&db, 10, revoke(8));
+        assert_eq!((response.revision, changes.len()), (10, 0));
+    }
+
+    #[test]
+    fn a_snapshot_carries_leases_and_rebuilds_their_keys() {
+        use lease_ops::*;
+        let source = database();
+        apply_all(
+            &source,
+            vec![
+                grant(5, 60),
+                put("x", 5),
+                put("y", 5),
+                put("z", 0),
+                checkpoint(5, 42),
+            ],
+        );
+        let (meta, bytes) = StateMachine::dump(&source).unwrap();
+        let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
+        let target = database();
+        apply_all(&target, vec![grant(9, 5), put("old", 9)]);
+        let state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision: data.revision,
+        };
+        install_data(&target, &data, &state).unwrap();
+        assert_eq!(lease_of(&target, 5), Some((60, 42)));
+        assert_eq!(lease_of(&target, 9), None);
+        assert_eq!(keys_of(&target, 5), ["x", "y"]);
+        assert!(keys_of(&target, 9).is_empty());
+        let (response, changes) = apply_one(&target, data.revision, revoke(5));
+        assert_eq!(response.revision, data.revision + 1);
+        assert_eq!(changes.len(), 2);
     }
 }

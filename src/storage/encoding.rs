@@ -97,6 +97,24 @@ pub fn event_key(bytes: &[u8]) -> Option<&[u8]> {
     rest.get(HEADER_LEN..HEADER_LEN.checked_add(key_len)?)
 }
 
+/// A lease's record: its granted TTL and the remaining TTL of its last checkpoint (0: none),
+/// both in seconds, big-endian.
+pub fn encode_lease(ttl: i64, remaining: i64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&ttl.to_be_bytes());
+    out[8..].copy_from_slice(&remaining.to_be_bytes());
+    out
+}
+
+/// `(granted TTL, checkpointed remaining TTL)` of an [`encode_lease`] record.
+pub fn decode_lease(bytes: &[u8]) -> Option<(i64, i64)> {
+    let bytes: &[u8; 16] = bytes.try_into().ok()?;
+    Some((
+        i64::from_be_bytes(bytes[..8].try_into().ok()?),
+        i64::from_be_bytes(bytes[8..].try_into().ok()?),
+    ))
+}
+
 pub fn encode_u64(value: u64) -> [u8; 8] {
     value.to_be_bytes()
 }

@@ -12,9 +12,12 @@
 //! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
 //! | `kv_index` | (user key, main, sub) | 1 for a tombstone, 0 for a put |
+//! | `leases` | lease ID | [`encoding::encode_lease`]: granted TTL, checkpointed remaining TTL |
+//! | `lease_keys` | (lease ID, user key) | 0: the key is attached to the lease |
 //!
 //! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction.
-//! `kv_index` is derived from `kv_revisions` (a snapshot carries only the latter).
+//! `kv_index` is derived from `kv_revisions`, and `lease_keys` from `kv` (a snapshot carries
+//! only the latter).
 //!
 //! Architecture Invariant: no other module defines a table or decides a byte layout.
 
@@ -28,6 +31,8 @@ pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta"
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
 pub const KV_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::new("kv_index");
+pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), u8> = TableDefinition::new("lease_keys");
 
 pub const META_VOTE: &str = "vote";
 pub const META_COMMITTED: &str = "committed";
@@ -78,6 +83,8 @@ pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     txn.open_table(KV)?;
     txn.open_table(KV_REVISIONS)?;
     txn.open_table(KV_INDEX)?;
+    txn.open_table(LEASES)?;
+    txn.open_table(LEASE_KEYS)?;
     txn.commit()?;
     Ok(())
 }
