@@ -13,6 +13,7 @@ use tonic::transport::Server;
 
 use crate::api::forward::Forwarder;
 use crate::api::kv::{KvLimits, KvService};
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::watch::WatchService;
@@ -156,7 +157,10 @@ pub async fn run(
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             )
-            .add_service(LeaseServer::new(NotYetImplemented))
+            .add_service(LeaseServer::new(LeaseService::new(
+                node.clone(),
+                forwarder.clone(),
+            )))
             .add_service(ClusterServer::new(NotYetImplemented))
             .add_service(AuthServer::new(NotYetImplemented));
         let mut stop = stop_rx.clone();
@@ -177,7 +181,11 @@ pub async fn run(
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             )
-            .add_service(kv(&node));
+            .add_service(kv(&node))
+            .add_service(LeaseServer::new(LeaseService::new(
+                node.clone(),
+                forwarder.clone(),
+            )));
         let mut stop = stop_rx.clone();
         let addr = *addr;
         servers.push(tokio::spawn(async move {
@@ -194,6 +202,7 @@ pub async fn run(
         config.auto_compaction,
         stop_rx.clone(),
     ));
+    let lessor = tokio::spawn(crate::node::lessor::run(node.clone(), stop_rx.clone()));
     on_ready(&node, &listeners);
 
     shutdown.await;
@@ -207,6 +216,7 @@ pub async fn run(
         }
     }
     let _ = compactor.await;
+    let _ = lessor.await;
     node.shutdown().await;
     result
 }

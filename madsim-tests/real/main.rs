@@ -19,6 +19,7 @@
 
 mod client;
 mod harness;
+mod lease_client;
 mod transcript;
 mod watch_client;
 

@@ -30,6 +30,10 @@
 //! bar                                   if it exited by itself or `killed`
 //! killed
 //! ```
+//!
+//! Leases: the server picks their IDs, so the N-th lease a transcript sees granted
+//! (`lease <16 hex digits> granted ...`) is `$LEASE<N>` in later commands and `<leaseN>` in
+//! output (hex or decimal). `remaining(97s)` depends on timing and reads `remaining(<n>s)`.
 
 use std::fs::File;
 use std::io::Write;
@@ -50,10 +54,6 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn args(&self) -> Vec<String> {
-        split_words(&self.command)
-    }
-
     pub fn input(&self) -> Vec<u8> {
         let mut input = String::new();
         for line in &self.stdin {
@@ -146,6 +146,8 @@ pub struct Session {
     endpoint: String,
     dir: PathBuf,
     background: Vec<Background>,
+    /// Lease IDs in the order the transcript saw them granted.
+    leases: Vec<i64>,
 }
 
 impl Session {
@@ -155,19 +157,49 @@ impl Session {
             endpoint: endpoint.to_string(),
             dir: dir.to_path_buf(),
             background: Vec::new(),
+            leases: Vec::new(),
         }
     }
 
     /// Runs one step; answers its output, normalised.
     pub fn run(&mut self, step: &Step) -> String {
-        let output = if let Some(command) = step.command.strip_prefix("& ") {
+        let mut command = step.command.clone();
+        for (i, id) in self.leases.iter().enumerate().rev() {
+            command = command.replace(&format!("$LEASE{}", i + 1), &format!("{id:x}"));
+        }
+        let output = if let Some(command) = command.strip_prefix("& ") {
             self.start(command, &step.input())
-        } else if let Some(number) = step.command.strip_prefix("%stop ") {
+        } else if let Some(number) = command.strip_prefix("%stop ") {
             self.stop(number.trim().parse().expect("%stop N"))
         } else {
-            etcdctl_with_input(&self.endpoint, &step.args(), &step.input())
+            etcdctl_with_input(&self.endpoint, &split_words(&command), &step.input())
         };
-        normalise_ids(&output).replace(&self.endpoint, "ENDPOINT")
+        self.learn_leases(&output);
+        let mut output = normalise_ids(&output).replace(&self.endpoint, "ENDPOINT");
+        for (i, id) in self.leases.iter().enumerate() {
+            let name = format!("<lease{}>", i + 1);
+            output = output
+                .replace(&format!("{id:016x}"), &name)
+                .replace(&id.to_string(), &name);
+        }
+        normalise_remaining(&output)
+    }
+
+    /// Records the IDs of leases granted in `output`.
+    fn learn_leases(&mut self, output: &str) {
+        for line in output.lines() {
+            let Some(rest) = line.strip_prefix("lease ") else {
+                continue;
+            };
+            let Some((hex, tail)) = rest.split_once(' ') else {
+                continue;
+            };
+            if tail.starts_with("granted with TTL") && !tail.contains("remaining") {
+                if let Ok(id) = i64::from_str_radix(hex, 16) {
+                    self.leases.push(id);
+                }
+            }
+        }
     }
 
     fn start(&mut self, command: &str, input: &[u8]) -> String {
@@ -242,6 +274,25 @@ impl Session {
         text.push_str(&ending);
         text
     }
+}
+
+/// `remaining(97s)` -> `remaining(<n>s)`: how much is left depends on when the command ran.
+fn normalise_remaining(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("remaining(") {
+        let (head, tail) = rest.split_at(at + "remaining(".len());
+        out.push_str(head);
+        let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits > 0 && tail[digits..].starts_with("s)") {
+            out.push_str("<n>");
+            rest = &tail[digits..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Drop for Session {

@@ -15,6 +15,7 @@ use tonic::{Request, Status};
 use crate::env::Duration;
 use crate::node::REQUEST_TIMEOUT;
 use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::MemberNode;
 
@@ -35,7 +36,7 @@ pub fn mark<T>(message: T) -> Request<T> {
     request
 }
 
-/// KV clients to other members' peer URLs, connected lazily and kept.
+/// KV and Lease clients to other members' peer URLs, connected lazily and kept.
 #[derive(Clone, Default)]
 pub struct Forwarder {
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
@@ -51,6 +52,17 @@ impl Forwarder {
     }
 
     pub fn kv(&self, leader: &MemberNode) -> Result<KvClient<Channel>, Status> {
+        // Requests are bounded by --max-request-bytes; responses (a large range) are not.
+        Ok(KvClient::new(self.channel(leader)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    pub fn lease(&self, leader: &MemberNode) -> Result<LeaseClient<Channel>, Status> {
+        Ok(LeaseClient::new(self.channel(leader)?))
+    }
+
+    fn channel(&self, leader: &MemberNode) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().expect("forwarder lock");
         let channel = match channels.get(&leader.peer_url) {
             Some(channel) => channel.clone(),
@@ -64,9 +76,6 @@ impl Forwarder {
                 channel
             }
         };
-        // Requests are bounded by --max-request-bytes; responses (a large range) are not.
-        Ok(KvClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(self.max_message_bytes))
+        Ok(channel)
     }
 }

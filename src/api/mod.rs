@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod forward;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
@@ -15,7 +16,7 @@ pub mod watch;
 use std::pin::Pin;
 
 use futures::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::apply::{ApplyOutcome, ReadOnly, ReadView};
 use crate::pb::etcdserverpb::*;
@@ -94,39 +95,3 @@ not_yet_implemented!(auth_server::Auth {
     role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
     role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;
 });
-
-#[tonic::async_trait]
-impl lease_server::Lease for NotYetImplemented {
-    type LeaseKeepAliveStream = ResponseStream<LeaseKeepAliveResponse>;
-
-    async fn lease_grant(
-        &self,
-        _: Request<LeaseGrantRequest>,
-    ) -> Result<Response<LeaseGrantResponse>, Status> {
-        Err(not_yet("lease_grant"))
-    }
-    async fn lease_revoke(
-        &self,
-        _: Request<LeaseRevokeRequest>,
-    ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Err(not_yet("lease_revoke"))
-    }
-    async fn lease_keep_alive(
-        &self,
-        _: Request<Streaming<LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(not_yet("lease_keep_alive"))
-    }
-    async fn lease_time_to_live(
-        &self,
-        _: Request<LeaseTimeToLiveRequest>,
-    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Err(not_yet("lease_time_to_live"))
-    }
-    async fn lease_leases(
-        &self,
-        _: Request<LeaseLeasesRequest>,
-    ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        Err(not_yet("lease_leases"))
-    }
-}

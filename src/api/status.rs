@@ -17,6 +17,8 @@ pub enum ApiError {
     LeaseNotFound,
     /// `ErrGRPCLeaseExist`
     LeaseExists,
+    /// `ErrGRPCLeaseTTLTooLarge`
+    LeaseTtlTooLarge,
     /// `ErrGRPCValueProvided`
     ValueProvided,
     /// `ErrGRPCLeaseProvided`
@@ -56,6 +58,7 @@ impl ApiError {
             | ApiError::DuplicateKey => Code::InvalidArgument,
             ApiError::LeaseNotFound => Code::NotFound,
             ApiError::LeaseExists => Code::FailedPrecondition,
+            ApiError::LeaseTtlTooLarge => Code::OutOfRange,
             ApiError::FutureRevision | ApiError::Compacted => Code::OutOfRange,
             ApiError::NoLeader
             | ApiError::Timeout
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::KeyNotFound => "etcdserver: key not found".into(),
             ApiError::LeaseNotFound => "etcdserver: requested lease not found".into(),
             ApiError::LeaseExists => "etcdserver: lease already exists".into(),
+            ApiError::LeaseTtlTooLarge => "etcdserver: too large lease TTL".into(),
             ApiError::ValueProvided => "etcdserver: value is provided".into(),
             ApiError::LeaseProvided => "etcdserver: lease is provided".into(),
             ApiError::NoLeader => "etcdserver: no leader".into(),

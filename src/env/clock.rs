@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::Duration;
 
 /// A point on a node's monotonic clock, as nanoseconds since the clock was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Instant(u64);
 
 impl Instant {

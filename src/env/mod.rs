@@ -15,7 +15,7 @@ pub mod runtime;
 pub mod sim_disk;
 pub mod watch;
 
-pub use clock::Clock;
+pub use clock::{Clock, Instant};
 pub use disk::Disk;
 pub use sim_disk::SimDisk;
 

@@ -36,6 +36,7 @@
 //! `storage::encoding`).
 
 mod hash;
+pub mod leases;
 mod range;
 mod view;
 mod writer;

@@ -9,6 +9,7 @@
 //! forwards the request there (as etcd followers do).
 
 pub mod compactor;
+pub mod lessor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -80,6 +81,10 @@ pub struct Node {
     pub raft: DetcdRaft,
     pub state_machine: StateMachine,
     pub clock: Clock,
+    /// The leader's lease expiries (empty on followers).
+    pub lessor: Arc<lessor::Lessor>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
     disk: Disk,
 }
 
@@ -158,6 +163,9 @@ impl Node {
             raft,
             state_machine,
             clock,
+            lessor: Arc::default(),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout: config.election_timeout,
             disk,
         })
     }
@@ -183,7 +191,8 @@ impl Node {
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    fn member(&self, id: u64) -> Option<MemberNode> {
+    /// Member `id` of the current membership, if it is one.
+    pub fn member(&self, id: u64) -> Option<MemberNode> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         metrics

@@ -1,0 +1,321 @@
+//! The `Lease` service. Grants and revokes go through Raft (any member proposes; a follower
+//! forwards to the leader). Keep-alives and time-to-live are answered by the leader from its
+//! lessor without a Raft round trip; followers forward them to the leader, as etcd's do. Listing
+//! reads this member's own state.
+
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::forward::{self, Forwarder};
+use super::kv::node_status;
+use super::status::ApiError;
+use super::{convert, ResponseStream};
+use crate::apply::CommandResult;
+use crate::env::rng;
+use crate::mvcc::leases;
+use crate::node::lessor::{min_ttl, MAX_TTL};
+use crate::node::{Node, NodeError};
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+};
+use crate::pb::raft::{command, Command};
+use crate::raft::{io_error, MemberNode};
+
+#[derive(Clone)]
+pub struct LeaseService {
+    node: Node,
+    forwarder: Forwarder,
+}
+
+/// Keep-alive responses a stream may have queued before it waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+impl LeaseService {
+    pub fn new(node: Node, forwarder: Forwarder) -> Self {
+        Self { node, forwarder }
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(convert::header(
+            self.node.cluster_id,
+            self.node.id,
+            revision,
+            self.node.term(),
+        ))
+    }
+
+    fn current_revision(&self) -> i64 {
+        self.node.state_machine.hub.applied().revision
+    }
+
+    /// The leader to ask, if this member is not it.
+    fn leader_elsewhere(&self) -> Result<Option<MemberNode>, Status> {
+        let status = self.node.raft_status();
+        if status.leader == self.node.id {
+            return Ok(None);
+        }
+        match self.node.member(status.leader) {
+            Some(leader) => Ok(Some(leader)),
+            None => Err(ApiError::NoLeader.into()),
+        }
+    }
+
+    /// Proposes `op`; answers its result, or the leader to forward the request to.
+    async fn propose(
+        &self,
+        op: command::Op,
+        forwarded: bool,
+    ) -> Result<Result<CommandResult, MemberNode>, Status> {
+        match self.node.write(Command { op: Some(op) }).await {
+            Ok(response) => match response.result {
+                CommandResult::Rejected(error) => Err(ApiError::from(error).into()),
+                result => Ok(Ok(result)),
+            },
+            Err(NodeError::ForwardToLeader(leader)) if !forwarded => Ok(Err(leader)),
+            Err(error) => Err(node_status(error)),
+        }
+    }
+
+    /// One keep-alive, answered here if this member leads, else by the leader.
+    async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.forwarder.lease(&leader)?;
+            let request = LeaseKeepAliveRequest { id };
+            let mut stream = client
+                .lease_keep_alive(forward::mark(futures::stream::iter([request])))
+                .await?
+                .into_inner();
+            let mut response = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::from(ApiError::NoLeader))?;
+            if let Some(header) = &mut response.header {
+                header.member_id = self.node.id;
+            }
+            return Ok(response);
+        }
+        let term = self.node.raft_status().term;
+        let record = self
+            .node
+            .state_machine
+            .read(move |txn| leases::get(txn, id).map_err(io_error))
+            .await
+            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+        // An unknown or expired lease: TTL 0, and the stream goes on (as etcd).
+        let ttl = match record {
+            Some(record) => {
+                // Untracked means granted since the last sync, which starts it at full TTL.
+                self.node
+                    .lessor
+                    .renew(term, id, record.ttl, self.node.clock.now());
+                record.ttl
+            }
+            None => 0,
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: self.header(self.current_revision()),
+            id,
+            ttl,
+        })
+    }
+}
+
+/// Answers a forwarded call as this member's own.
+fn as_this_member(header: &mut Option<ResponseHeader>, member_id: u64) {
+    if let Some(header) = header {
+        header.member_id = member_id;
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    type LeaseKeepAliveStream = ResponseStream<LeaseKeepAliveResponse>;
+
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let forwarded = forward::is_forwarded(&request);
+        let mut request = request.into_inner();
+        if request.ttl > MAX_TTL {
+            return Err(ApiError::LeaseTtlTooLarge.into());
+        }
+        // etcd picks a positive 63-bit ID for the client that leaves it to the server, and
+        // raises a TTL below the cluster's minimum to it.
+        while request.id == 0 {
+            request.id = (rng::random_u64() >> 1) as i64;
+        }
+        request.ttl = request.ttl.max(min_ttl(
+            self.node.heartbeat_interval,
+            self.node.election_timeout,
+        ));
+        match self
+            .propose(command::Op::LeaseGrant(request), forwarded)
+            .await?
+        {
+            Ok(CommandResult::LeaseGrant(mut response)) => {
+                response.header = self.header(self.current_revision());
+                Ok(Response::new(response))
+            }
+            Ok(other) => Err(ApiError::Internal(format!("grant answered {other:?}")).into()),
+            Err(leader) => {
+                let mut response = self
+                    .forwarder
+                    .lease(&leader)?
+                    .lease_grant(forward::mark(request))
+                    .await?
+                    .into_inner();
+                as_this_member(&mut response.header, self.node.id);
+                Ok(Response::new(response))
+            }
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let forwarded = forward::is_forwarded(&request);
+        let request = request.into_inner();
+        match self
+            .propose(command::Op::LeaseRevoke(request), forwarded)
+            .await?
+        {
+            Ok(CommandResult::LeaseRevoke(mut response)) => {
+                let revision = response.header.map_or(0, |h| h.revision);
+                response.header = self.header(revision);
+                Ok(Response::new(response))
+            }
+            Ok(other) => Err(ApiError::Internal(format!("revoke answered {other:?}")).into()),
+            Err(leader) => {
+                let mut response = self
+                    .forwarder
+                    .lease(&leader)?
+                    .lease_revoke(forward::mark(request))
+                    .await?
+                    .into_inner();
+                as_this_member(&mut response.header, self.node.id);
+                Ok(Response::new(response))
+            }
+        }
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut requests = request.into_inner();
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                let answer = service.keep_alive(request.id).await;
+                let failed = answer.is_err();
+                if sender.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let responses = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|response| (response, receiver))
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut response = self
+                .forwarder
+                .lease(&leader)?
+                .lease_time_to_live(forward::mark(request))
+                .await?
+                .into_inner();
+            as_this_member(&mut response.header, self.node.id);
+            return Ok(Response::new(response));
+        }
+        let term = self.node.raft_status().term;
+        let (id, with_keys) = (request.id, request.keys);
+        let (record, keys) = self
+            .node
+            .state_machine
+            .read(move |txn| {
+                let record = leases::get(txn, id).map_err(io_error)?;
+                let keys = if with_keys && record.is_some() {
+                    leases::keys(txn, id).map_err(io_error)?
+                } else {
+                    Vec::new()
+                };
+                Ok((record, keys))
+            })
+            .await
+            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+        let header = self.header(self.current_revision());
+        let response = match record {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+            Some(record) => {
+                // Whole seconds left, truncated (as etcd); a lease not yet synced has all.
+                let ttl = match self.node.lessor.remaining(term, id, self.node.clock.now()) {
+                    Some(left) => left.as_secs() as i64,
+                    None => record.ttl,
+                };
+                LeaseTimeToLiveResponse {
+                    header,
+                    id,
+                    ttl,
+                    granted_ttl: record.ttl,
+                    keys,
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let all = self
+            .node
+            .state_machine
+            .read(|txn| leases::all(txn).map_err(io_error))
+            .await
+            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+        // The leader lists by remaining time, soonest first, as etcd's does (a lease granted
+        // since the lessor's last sync has its whole TTL); a follower by ID.
+        let term = self.node.raft_status().term;
+        let now = self.node.clock.now();
+        let mut order: Vec<(crate::env::Duration, i64)> = all
+            .iter()
+            .map(|&(id, record)| {
+                let left = self
+                    .node
+                    .lessor
+                    .remaining(term, id, now)
+                    .unwrap_or_else(|| crate::env::Duration::from_secs(record.ttl.max(0) as u64));
+                (left, id)
+            })
+            .collect();
+        if self.leader_elsewhere()?.is_none() {
+            order.sort();
+        }
+        let ids: Vec<i64> = order.into_iter().map(|(_, id)| id).collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.header(self.current_revision()),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+        }))
+    }
+}
