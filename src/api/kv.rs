@@ -44,12 +44,7 @@ impl KvService {
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(convert::header(
-            self.node.cluster_id,
-            self.node.id,
-            revision,
-            self.node.term(),
-        ))
+        Some(convert::member_header(&self.node, revision))
     }
 
     /// Proposes `command`; answers the applied result, or the leader to forward the request to.

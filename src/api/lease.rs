@@ -39,12 +39,7 @@ impl LeaseService {
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(convert::header(
-            self.node.cluster_id,
-            self.node.id,
-            revision,
-            self.node.term(),
-        ))
+        Some(convert::member_header(&self.node, revision))
     }
 
     fn current_revision(&self) -> i64 {

@@ -31,12 +31,7 @@ impl MaintenanceService {
 
 impl MaintenanceService {
     fn header(&self, revision: i64) -> ResponseHeader {
-        convert::header(
-            self.node.cluster_id,
-            self.node.id,
-            revision,
-            self.node.term(),
-        )
+        convert::member_header(&self.node, revision)
     }
 }
 

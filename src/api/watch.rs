@@ -172,14 +172,8 @@ impl WatchStream {
     }
 
     fn response(&self, revision: i64, watch_id: i64) -> WatchResponse {
-        let node = &self.service.node;
         WatchResponse {
-            header: Some(convert::header(
-                node.cluster_id,
-                node.id,
-                revision,
-                node.term(),
-            )),
+            header: Some(convert::member_header(&self.service.node, revision)),
             watch_id,
             ..Default::default()
         }

@@ -32,7 +32,14 @@ pub fn get(txn: &ReadTransaction, id: i64) -> Result<Option<LeaseRecord>, Storag
 
 /// The keys attached to lease `id`, in key order.
 pub fn keys(txn: &ReadTransaction, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-    let table = txn.open_table(LEASE_KEYS)?;
+    keys_in(&txn.open_table(LEASE_KEYS)?, id)
+}
+
+/// The keys attached to lease `id` in a `lease_keys` table, in key order.
+pub(crate) fn keys_in<T>(table: &T, id: i64) -> Result<Vec<Vec<u8>>, StorageError>
+where
+    T: ReadableTable<(i64, &'static [u8]), u8>,
+{
     let mut keys = Vec::new();
     for item in table.range((id, &[][..])..)? {
         let (entry, _) = item?;

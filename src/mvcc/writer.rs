@@ -309,16 +309,7 @@ impl<'txn> Writer<'txn> {
 
     /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut keys = Vec::new();
-        for item in self.lease_keys.range((id, &[][..])..)? {
-            let (entry, _) = item?;
-            let (lease, key) = entry.value();
-            if lease != id {
-                break;
-            }
-            keys.push(key.to_vec());
-        }
-        Ok(keys)
+        super::leases::keys_in(&self.lease_keys, id)
     }
 
     /// Revokes lease `id`: deletes every key attached to it, all at this request's revision (as
