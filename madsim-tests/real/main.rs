@@ -283,6 +283,14 @@ fn help_lists_flags() {
         "--initial-cluster",
         "--initial-cluster-state",
         "--initial-cluster-token",
+        "--max-request-bytes",
+        "--max-txn-ops",
+        "--auto-compaction-mode",
+        "--auto-compaction-retention",
+        "--snapshot-count",
+        "--experimental-watch-progress-notify-interval",
+        "--heartbeat-interval",
+        "--election-timeout",
     ] {
         assert!(text.contains(flag), "--help does not mention {flag}");
     }
