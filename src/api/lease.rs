@@ -290,8 +290,10 @@ impl Lease for LeaseService {
             .await
             .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
         // The leader lists by remaining time, soonest first, as etcd's does (a lease granted
-        // since the lessor's last sync has its whole TTL); a follower by ID.
-        let term = self.node.raft_status().term;
+        // since the lessor's last sync has its whole TTL); a follower, with or without a
+        // leader, lists its own state by ID.
+        let status = self.node.raft_status();
+        let term = status.term;
         let now = self.node.clock.now();
         let mut order: Vec<(crate::env::Duration, i64)> = all
             .iter()
@@ -304,7 +306,7 @@ impl Lease for LeaseService {
                 (left, id)
             })
             .collect();
-        if self.leader_elsewhere()?.is_none() {
+        if status.leader == self.node.id {
             order.sort();
         }
         let ids: Vec<i64> = order.into_iter().map(|(_, id)| id).collect();

@@ -86,6 +86,11 @@ impl<T> Sender<T> {
         self.shared.value.read().expect("watch lock")
     }
 
+    /// How many receivers are open.
+    pub fn receiver_count(&self) -> usize {
+        self.shared.receivers.load(Ordering::SeqCst)
+    }
+
     pub fn subscribe(&self) -> Receiver<T> {
         self.shared.receivers.fetch_add(1, Ordering::SeqCst);
         Receiver {

@@ -190,11 +190,10 @@ where
                 .ok_or_else(|| StorageError("corrupt revision key".into()))?;
             let event = encoding::decode_event(event.value())
                 .ok_or_else(|| StorageError("corrupt history event".into()))?;
-            let prev = match (&event, with_prev) {
-                (HistoryEvent::Put(kv) | HistoryEvent::Delete(kv), true) => {
-                    self.before(&kv.key, revision)?
-                }
-                (_, false) => None,
+            let prev = if with_prev {
+                self.before(&event.kv().key, revision)?
+            } else {
+                None
             };
             changes.push(Change {
                 revision,

@@ -175,13 +175,13 @@ impl<'txn> Writer<'txn> {
         event: HistoryEvent,
         prev: Option<KeyValue>,
     ) -> Result<(), StorageError> {
-        let (key, tombstone) = match &event {
-            HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
-            HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
-        };
         self.view.index.insert(
-            (key, revision.main as u64, revision.sub as u64),
-            u8::from(tombstone),
+            (
+                event.kv().key.as_slice(),
+                revision.main as u64,
+                revision.sub as u64,
+            ),
+            u8::from(event.is_delete()),
         )?;
         self.view.history.insert(
             encoding::encode_revision(revision).as_slice(),

@@ -239,14 +239,14 @@ fn install_data(
         let corrupt = || io_error("corrupt history row in snapshot");
         let revision = encoding::decode_revision(&row.key).ok_or_else(corrupt)?;
         let event = encoding::decode_event(&row.value).ok_or_else(corrupt)?;
-        let (key, tombstone) = match &event {
-            encoding::HistoryEvent::Put(kv) => (kv.key.as_slice(), false),
-            encoding::HistoryEvent::Delete(kv) => (kv.key.as_slice(), true),
-        };
         index
             .insert(
-                (key, revision.main as u64, revision.sub as u64),
-                u8::from(tombstone),
+                (
+                    event.kv().key.as_slice(),
+                    revision.main as u64,
+                    revision.sub as u64,
+                ),
+                u8::from(event.is_delete()),
             )
             .map_err(io_error)?;
     }

@@ -70,6 +70,19 @@ pub enum HistoryEvent {
     Delete(KeyValue),
 }
 
+impl HistoryEvent {
+    /// The key-value the change wrote (for a delete, its tombstone).
+    pub fn kv(&self) -> &KeyValue {
+        match self {
+            HistoryEvent::Put(kv) | HistoryEvent::Delete(kv) => kv,
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        matches!(self, HistoryEvent::Delete(_))
+    }
+}
+
 pub fn encode_event(event: &HistoryEvent) -> Vec<u8> {
     let (tag, kv) = match event {
         HistoryEvent::Put(kv) => (b'P', kv),

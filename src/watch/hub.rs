@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::env::watch;
-use crate::mvcc::{Change, HistoryEvent};
+use crate::mvcc::Change;
 
 /// What the state machine has applied: its revision and the last compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +49,7 @@ fn size_of(revision: &RevisionChanges) -> usize {
         .changes
         .iter()
         .map(|change| {
-            let kv = match &change.event {
-                HistoryEvent::Put(kv) | HistoryEvent::Delete(kv) => kv,
-            };
+            let kv = change.event.kv();
             let prev = change
                 .prev
                 .as_ref()
@@ -86,8 +84,13 @@ impl Hub {
     }
 
     /// Records the changes of a committed batch (revisions after the last published one, in
-    /// order) and announces `applied`.
+    /// order) and announces `applied`. With no watch stream open nothing is cached: a stream
+    /// opened later reads what it needs of the past from the store.
     pub fn publish(&self, changes: Vec<Change>, applied: Applied) {
+        if self.applied.receiver_count() == 0 {
+            self.reset(applied);
+            return;
+        }
         {
             let mut cache = self.cache.lock().expect("watch cache");
             let mut grouped: Vec<RevisionChanges> = Vec::new();
@@ -136,11 +139,17 @@ impl Hub {
     pub fn reset(&self, applied: Applied) {
         {
             let mut cache = self.cache.lock().expect("watch cache");
-            cache.revisions.clear();
-            cache.bytes = 0;
+            if !cache.revisions.is_empty() {
+                cache.revisions.clear();
+                cache.bytes = 0;
+            }
             cache.first = applied.revision + 1;
         }
-        let _ = self.applied.send(applied);
+        self.applied.send_if_modified(|current| {
+            let changed = *current != applied;
+            *current = applied;
+            changed
+        });
     }
 
     /// The cached changes of revisions `from..=to`, or `None` if the cache no longer holds
@@ -166,7 +175,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::{KeyValue, Revision};
+    use crate::mvcc::{HistoryEvent, KeyValue, Revision};
 
     fn put(main: i64, sub: i64, key: &str) -> Change {
         Change {
@@ -191,9 +200,16 @@ mod tests {
         cached.map(|all| all.iter().map(|r| (r.revision, r.changes.len())).collect())
     }
 
+    /// A hub with one watch stream subscribed (the cache only fills while one is).
+    fn watched_hub() -> (Arc<Hub>, watch::Receiver<Applied>) {
+        let hub = Hub::new(applied(1));
+        let stream = hub.subscribe();
+        (hub, stream)
+    }
+
     #[test]
     fn groups_by_revision_and_answers_ranges() {
-        let hub = Hub::new(applied(1));
+        let (hub, _stream) = watched_hub();
         assert_eq!(revisions(hub.cached(2, 5)), Some(vec![]));
         assert_eq!(
             revisions(hub.cached(1, 5)),
@@ -213,7 +229,7 @@ mod tests {
 
     #[test]
     fn evicts_the_oldest_and_sends_readers_to_the_store() {
-        let hub = Hub::new(applied(1));
+        let (hub, _stream) = watched_hub();
         let last = CACHE_REVISIONS as i64 + 11;
         for revision in 2..=last {
             hub.publish(vec![put(revision, 0, "k")], applied(revision));
@@ -228,12 +244,27 @@ mod tests {
 
     #[test]
     fn reset_forgets_everything_cached() {
-        let hub = Hub::new(applied(1));
+        let (hub, _stream) = watched_hub();
         hub.publish(vec![put(2, 0, "a")], applied(2));
         hub.reset(applied(9));
         assert_eq!(revisions(hub.cached(2, 9)), None);
         assert_eq!(revisions(hub.cached(10, 10)), Some(vec![]));
         hub.publish(vec![put(10, 0, "a")], applied(10));
         assert_eq!(revisions(hub.cached(10, 10)), Some(vec![(10, 1)]));
+    }
+
+    #[test]
+    fn nothing_is_cached_while_no_stream_watches() {
+        let hub = Hub::new(applied(1));
+        hub.publish(vec![put(2, 0, "a")], applied(2));
+        assert_eq!(hub.applied(), applied(2));
+        assert_eq!(
+            revisions(hub.cached(2, 2)),
+            None,
+            "revision 2 is in the store"
+        );
+        let _stream = hub.subscribe();
+        hub.publish(vec![put(3, 0, "a")], applied(3));
+        assert_eq!(revisions(hub.cached(3, 3)), Some(vec![(3, 1)]));
     }
 }
