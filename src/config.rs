@@ -46,6 +46,11 @@ pub struct Config {
     /// `--snapshot-count`: applied entries between two snapshots. A snapshot copies the whole
     /// state machine, so taking one too often costs more than the log it lets us purge.
     pub snapshot_count: u64,
+    /// `--experimental-lease-checkpoint-interval`: how long a lease goes without a renewal
+    /// before its remaining TTL is written through Raft (so a new leader continues from it).
+    /// `None` with `--experimental-enable-lease-checkpoint=false`: a new leader resets every
+    /// lease, as etcd does by default.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
+            lease_checkpoint_interval: Some(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL),
         }
     }
 }
@@ -104,6 +110,12 @@ Member:
   --experimental-watch-progress-notify-interval '10m0s'
                                         interval of progress notifications to idle watchers
                                         that ask for them (Go duration, at least 100ms)
+  --experimental-enable-lease-checkpoint 'true'
+                                        keep a lease's remaining TTL across leader changes and
+                                        restarts ('false': a new leader resets it, as etcd)
+  --experimental-lease-checkpoint-interval '5s'
+                                        how long a lease goes unrenewed before its remaining
+                                        TTL is checkpointed through Raft (Go duration)
 
 Clustering:
   --initial-cluster 'default=http://127.0.0.1:2380'
@@ -231,6 +243,8 @@ impl Config {
         let mut advertise_client_set = false;
         let mut advertise_peer_set = false;
         let mut initial_cluster_set = false;
+        let mut lease_checkpoints = true;
+        let mut checkpoint_interval = crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             if arg == "-h" || arg == "--help" || arg == "-help" {
@@ -324,6 +338,29 @@ impl Config {
                     config.watch_progress_notify_interval =
                         interval.max(MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
                 }
+                "experimental-enable-lease-checkpoint" => {
+                    // A Go bool flag: bare means true; a value only with `=`.
+                    let raw = inline_value.clone().unwrap_or_else(|| "true".to_string());
+                    lease_checkpoints = match raw.as_str() {
+                        "true" | "1" | "t" | "T" | "TRUE" | "True" => true,
+                        "false" | "0" | "f" | "F" | "FALSE" | "False" => false,
+                        _ => {
+                            return Err(FlagError(format!(
+                                "invalid boolean value {raw:?} for -{flag}: parse error"
+                            )))
+                        }
+                    };
+                }
+                "experimental-lease-checkpoint-interval" => {
+                    let raw = value()?;
+                    let interval = go_duration(&raw).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        FlagError(format!(
+                            "invalid value {raw:?} for flag \
+                             --experimental-lease-checkpoint-interval"
+                        ))
+                    })?;
+                    checkpoint_interval = interval;
+                }
                 "heartbeat-interval" => config.heartbeat_interval = millis(flag, &value()?)?,
                 "election-timeout" => config.election_timeout = millis(flag, &value()?)?,
                 // etcd's logging flags: accepted so etcd command lines work unchanged.
@@ -333,6 +370,7 @@ impl Config {
                 _ => return Err(FlagError(format!("flag provided but not defined: -{flag}"))),
             }
         }
+        config.lease_checkpoint_interval = lease_checkpoints.then_some(checkpoint_interval);
         if !data_dir_set {
             config.data_dir = PathBuf::from(format!("{}.detcd", config.name));
         }
@@ -575,6 +613,25 @@ mod tests {
         );
         assert!(parse(&["--snapshot-count=many"]).is_err());
         assert!(parse(&["--auto-compaction-retention=-1"]).is_err());
+    }
+
+    #[test]
+    fn lease_checkpoints_are_on_by_default() {
+        let interval = |args: &[&str]| parse(args).unwrap().lease_checkpoint_interval;
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(interval(&[]), five);
+        // A Go bool flag: bare is true, and a following word is not its value.
+        assert_eq!(interval(&["--experimental-enable-lease-checkpoint"]), five);
+        assert_eq!(
+            interval(&["--experimental-enable-lease-checkpoint=false"]),
+            None
+        );
+        assert_eq!(
+            interval(&["--experimental-lease-checkpoint-interval", "1m"]),
+            Some(Duration::from_secs(60))
+        );
+        assert!(parse(&["--experimental-lease-checkpoint-interval=0s"]).is_err());
+        assert!(parse(&["--experimental-enable-lease-checkpoint=maybe"]).is_err());
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub async fn run(
             heartbeat_interval: config.heartbeat_interval,
             election_timeout: config.election_timeout,
             snapshot_count: config.snapshot_count,
+            lease_checkpoint_interval: config.lease_checkpoint_interval,
         },
         disk,
         Arc::new(db),

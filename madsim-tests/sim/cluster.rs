@@ -32,6 +32,8 @@ pub struct Member {
     pub ip: IpAddr,
     pub node: NodeHandle,
     pub disk: SimDisk,
+    /// The member's clock: skew set here survives restarts, as a machine's clock would.
+    pub clock: Clock,
 }
 
 pub struct Cluster {
@@ -85,7 +87,8 @@ impl Cluster {
             let config = member_config(index, size, extra);
             let disk = SimDisk::new();
             // The clock lives outside the node, like the disk: a restart keeps its skew.
-            let init_clock = Clock::new();
+            let clock = Clock::new();
+            let init_clock = clock.clone();
             let init_disk = disk.clone();
             let node = handle
                 .create_node()
@@ -115,6 +118,7 @@ impl Cluster {
                 ip: member_ip(index),
                 node,
                 disk,
+                clock,
             });
         }
         let client = handle
@@ -515,6 +519,30 @@ impl Cluster {
             }
         }
         self.record(format!("partition {side:?}"));
+    }
+
+    /// Freezes `member`'s process (a stop-the-world pause, SIGSTOP, a VM migration): it runs
+    /// nothing until resumed, and its clock keeps going meanwhile.
+    pub fn pause(&mut self, member: usize) {
+        Handle::current().pause(self.members[member].node.id());
+        self.record(format!("pause m{}", member + 1));
+    }
+
+    pub fn resume(&mut self, member: usize) {
+        Handle::current().resume(self.members[member].node.id());
+        self.record(format!("resume m{}", member + 1));
+    }
+
+    /// Makes `member`'s clock run fast (positive) or slow by `ppm` parts per million.
+    pub fn set_drift(&mut self, member: usize, ppm: i64) {
+        self.members[member].clock.set_drift_ppm(ppm);
+        self.record(format!("drift m{} {ppm}ppm", member + 1));
+    }
+
+    /// Steps `member`'s clock by `millis` (forward if positive).
+    pub fn jump_clock(&mut self, member: usize, millis: i64) {
+        self.members[member].clock.jump(millis * 1_000_000);
+        self.record(format!("clock jump m{} {millis}ms", member + 1));
     }
 
     /// Restores every link between members.

@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod cluster;
+mod lease;
 mod scenarios;
 mod watch;
 
@@ -191,10 +192,41 @@ fn watch_across_snapshot_install() {
 }
 
 #[test]
+fn leases_under_faults() {
+    sweep("leases_under_faults", lease::leases_under_faults);
+}
+
+#[test]
+fn lease_ttl_survives_leader_change() {
+    sweep(
+        "lease_ttl_survives_leader_change",
+        lease::lease_ttl_survives_leader_change,
+    );
+}
+
+#[test]
+fn lease_ttl_survives_full_restart() {
+    short_sweep(
+        "lease_ttl_survives_full_restart",
+        lease::lease_ttl_survives_full_restart,
+        8,
+    );
+}
+
+#[test]
+fn partitioned_leader_stops_acknowledging() {
+    sweep(
+        "partitioned_leader_stops_acknowledging",
+        lease::partitioned_leader_stops_acknowledging,
+    );
+}
+
+#[test]
 fn determinism() {
     let seed = seeds()[0];
     check_determinism("leader_killed", seed, scenarios::leader_killed);
     check_determinism("leader_partitioned", seed, scenarios::leader_partitioned);
     check_determinism("crash_recovery", seed, scenarios::crash_recovery);
     check_determinism("watch_under_faults", seed, scenarios::watch_under_faults);
+    check_determinism("leases_under_faults", seed, lease::leases_under_faults);
 }

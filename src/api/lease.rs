@@ -13,8 +13,8 @@ use super::{convert, ResponseStream};
 use crate::apply::CommandResult;
 use crate::env::rng;
 use crate::mvcc::leases;
-use crate::node::lessor::{min_ttl, MAX_TTL};
-use crate::node::{Node, NodeError};
+use crate::node::lessor::{min_ttl, RenewStep, Renewal, MAX_TTL};
+use crate::node::{Node, NodeError, REQUEST_TIMEOUT};
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -32,6 +32,9 @@ pub struct LeaseService {
 
 /// Keep-alive responses a stream may have queued before it waits for the client.
 const STREAM_BUFFER: usize = 16;
+
+/// How long a keep-alive the leader cannot answer yet waits before it looks again.
+const RETRY: crate::env::Duration = crate::env::Duration::from_millis(20);
 
 impl LeaseService {
     pub fn new(node: Node, forwarder: Forwarder) -> Self {
@@ -75,22 +78,44 @@ impl LeaseService {
     }
 
     /// One keep-alive, answered here if this member leads, else by the leader.
+    ///
+    /// The leader answers only while no other member can have been elected (it heard from a
+    /// quorum within an election timeout), and only once its lessor has taken over this term's
+    /// leases; until then, or while a checkpoint reset is in flight, the keep-alive waits (at
+    /// most a request timeout, then `etcdserver: no leader`).
     async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.forwarder.lease(&leader)?;
-            let request = LeaseKeepAliveRequest { id };
-            let mut stream = client
-                .lease_keep_alive(forward::mark(futures::stream::iter([request])))
-                .await?
-                .into_inner();
-            let mut response = stream
-                .message()
-                .await?
-                .ok_or_else(|| Status::from(ApiError::NoLeader))?;
-            if let Some(header) = &mut response.header {
-                header.member_id = self.node.id;
+        let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
+        loop {
+            let renewal = match self.leader_elsewhere() {
+                Ok(Some(leader)) => return self.forward_keep_alive(&leader, id).await,
+                Ok(None) => self.renew_as_leader(id).await?,
+                // No leader known (an election): wait for one.
+                Err(_) => None,
+            };
+            if let Some(renewal) = renewal {
+                let ttl = match renewal {
+                    Renewal::Renewed(ttl) => ttl,
+                    // Unknown, expired or being revoked: TTL 0, and the stream goes on (as etcd).
+                    Renewal::Expired => 0,
+                    Renewal::NotLeading => unreachable!("renew_as_leader retries it"),
+                };
+                return Ok(LeaseKeepAliveResponse {
+                    header: self.header(self.current_revision()),
+                    id,
+                    ttl,
+                });
             }
-            return Ok(response);
+            if self.node.clock.now() >= deadline {
+                return Err(ApiError::NoLeader.into());
+            }
+            self.node.clock.sleep(RETRY).await;
+        }
+    }
+
+    /// Renews `id` on this member as the leader; `None` when it cannot answer yet.
+    async fn renew_as_leader(&self, id: i64) -> Result<Option<Renewal>, Status> {
+        if !self.node.leads_with_quorum() {
+            return Ok(None);
         }
         let term = self.node.raft_status().term;
         let record = self
@@ -99,22 +124,35 @@ impl LeaseService {
             .read(move |txn| leases::get(txn, id).map_err(io_error))
             .await
             .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
-        // An unknown or expired lease: TTL 0, and the stream goes on (as etcd).
-        let ttl = match record {
-            Some(record) => {
-                // Untracked means granted since the last sync, which starts it at full TTL.
-                self.node
-                    .lessor
-                    .renew(term, id, record.ttl, self.node.clock.now());
-                record.ttl
-            }
-            None => 0,
+        let renewal = match self
+            .node
+            .lessor
+            .renew(term, id, record, self.node.clock.now())
+        {
+            RenewStep::Done(renewal) => renewal,
+            // The reset was applied in this term: leadership is proven by that commit.
+            RenewStep::Wait(reset) => reset.await.unwrap_or(Renewal::NotLeading),
         };
-        Ok(LeaseKeepAliveResponse {
-            header: self.header(self.current_revision()),
-            id,
-            ttl,
-        })
+        Ok((renewal != Renewal::NotLeading).then_some(renewal))
+    }
+
+    async fn forward_keep_alive(
+        &self,
+        leader: &MemberNode,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        let mut client = self.forwarder.lease(leader)?;
+        let request = LeaseKeepAliveRequest { id };
+        let mut stream = client
+            .lease_keep_alive(forward::mark(futures::stream::iter([request])))
+            .await?
+            .into_inner();
+        let mut response = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::from(ApiError::NoLeader))?;
+        as_this_member(&mut response.header, self.node.id);
+        Ok(response)
     }
 }
 

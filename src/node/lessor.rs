@@ -1,35 +1,70 @@
 //! The lessor: when each lease expires, decided by the leader from its own clock (the seam), and
 //! enforced by proposing a revoke through Raft. `apply` never reads time.
 //!
-//! Only the leader keeps expiries. When a member becomes leader it gives every lease its full
-//! granted TTL plus an election timeout from that moment (etcd's `Promote`): it cannot know how
-//! much of the TTL had passed under the old leader, and must never expire a lease early. A
-//! keep-alive answered by the leader restarts the TTL from the moment it is answered. A lease
-//! granted while this member leads gets its TTL from the first sync after the grant is applied,
-//! never earlier than the grant.
+//! The guarantee (README "Leases"): a lease is never revoked before its granted TTL has passed
+//! since the last keep-alive its client saw acknowledged, and after a leader change it keeps the
+//! time it had left, give or take one checkpoint interval, instead of starting afresh.
+//!
+//! How:
+//! - **Only the leader keeps expiries.** A keep-alive answered by the leader restarts the TTL from
+//!   the moment it is answered; the client sees the answer later still.
+//! - **Checkpoints.** A lease that has gone a checkpoint interval without a renewal gets its
+//!   remaining TTL written through Raft (`LeaseCheckpoint`, rounded up to a second), and again
+//!   every interval after. A new leader (or the whole cluster after a restart) gives each lease
+//!   its checkpointed remaining time, or its whole TTL if it has none, plus an election timeout:
+//!   it cannot know how long the leadership was vacant.
+//! - **A renewal of a checkpointed lease resets the checkpoint through Raft before it is
+//!   acknowledged** (as etcd's `Renew`); otherwise a new leader would continue from the old
+//!   checkpoint and revoke a lease its client had just renewed. Resets are batched.
+//! - **Only one task proposes checkpoints**, so a reset is always applied after any checkpoint
+//!   computed before it.
+//! - **An expired lease is never renewed**: renewal and expiry decide under one lock, so once
+//!   the leader has decided to revoke, keep-alives answer TTL 0.
+//! - **Clock faults.** Every duration the lessor measures is stretched by [`MAX_DRIFT_PPM`], so a
+//!   clock running fast within that bound never expires a lease early. Lessor time advances by at
+//!   most [`MAX_STEP`] between two readings of the clock, so a clock that jumps forward (or a
+//!   process resumed after a pause) cannot expire every lease at once (etcd#15247); it only makes
+//!   expiry later.
 //!
 //! The leader loop (every [`TICK`]): re-read the leases the state machine has, drop the ones
 //! revoked, start the ones new, and propose a revoke for each expired one (at most
 //! [`REVOKES_PER_TICK`] per tick, as etcd's lessor rate-limits expiry, so a mass expiry never
 //! floods the log).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+
+use tokio::sync::{oneshot, Notify};
 
 use super::{Node, NodeError};
 use crate::env::{watch, Duration, Instant};
 use crate::mvcc::{leases, LeaseRecord};
-use crate::pb::etcdserverpb::LeaseRevokeRequest;
+use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use crate::pb::raft::{command, Command};
 
-/// How often the leader looks for expired leases.
+/// How often the leader looks for expired leases and leases due for a checkpoint.
 pub const TICK: Duration = Duration::from_millis(500);
 
 /// At most this many revokes are proposed per tick (etcd's `leaseRevokeRate` is 1000/s).
 pub const REVOKES_PER_TICK: usize = 500;
 
+/// At most this many checkpoints go in one proposal (etcd's `maxLeaseCheckpointBatchSize`).
+const CHECKPOINTS_PER_PROPOSAL: usize = 1000;
+
 /// etcd's largest lease TTL, in seconds (`MaxLeaseTTL`).
 pub const MAX_TTL: i64 = 9_000_000_000;
+
+/// The default `--experimental-lease-checkpoint-interval` (etcd's is 5 minutes, and off unless
+/// `--experimental-enable-lease-checkpoint`; detcd checkpoints by default).
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How fast a member's clock may run, in parts per million, without ever expiring a lease early.
+/// Quartz clocks drift by tens of ppm; NTP slews by at most 500.
+pub const MAX_DRIFT_PPM: u64 = 1000;
+
+/// The most lessor time advances between two readings of the clock. The leader reads it at least
+/// every [`TICK`]; a longer gap is a jump or a pause, counted as this much.
+pub const MAX_STEP: Duration = Duration::from_millis(2 * TICK.as_millis() as u64);
 
 /// etcd's smallest lease TTL for a cluster with these timings: one and a half election
 /// timeouts, counted in whole heartbeats, rounded up to a second (`minLeaseTTL`).
@@ -40,104 +75,361 @@ pub fn min_ttl(heartbeat: Duration, election: Duration) -> i64 {
     (min_ms + 999) / 1000
 }
 
+/// `duration` plus the most a clock within [`MAX_DRIFT_PPM`] can be short of it.
+fn stretch(duration: Duration) -> Duration {
+    duration + duration * MAX_DRIFT_PPM as u32 / 1_000_000
+}
+
+/// `duration` without the stretch: what a lease shows as its remaining time.
+fn unstretch(duration: Duration) -> Duration {
+    let scale = 1_000_000 + MAX_DRIFT_PPM as u128;
+    let nanos = (duration.as_nanos() * 1_000_000 + scale / 2) / scale;
+    Duration::from_nanos(nanos as u64)
+}
+
+fn seconds(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+/// Whole seconds, rounded up (a checkpoint may only make a lease later).
+fn ceil_seconds(duration: Duration) -> i64 {
+    (duration.as_nanos().div_ceil(1_000_000_000)) as i64
+}
+
+/// What the lessor does, from the member's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct LessorConfig {
+    /// `None`: no checkpoints, a new leader resets every lease (etcd's default).
+    pub checkpoint_interval: Option<Duration>,
+    /// Added to every lease a new leader takes over: the election timeout.
+    pub grace: Duration,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Renewed for this TTL.
+    Renewed(i64),
+    /// The lease is expired (its revoke is on its way) or does not exist: TTL 0.
+    Expired,
+    /// This member is not (or not yet) the leader with expiries for this term: ask again.
+    NotLeading,
+}
+
+/// A renewal, decided at once or after its checkpoint reset is applied.
+#[derive(Debug)]
+pub enum RenewStep {
+    Done(Renewal),
+    Wait(oneshot::Receiver<Renewal>),
+}
+
+#[derive(Debug)]
+struct Tracked {
+    ttl: i64,
+    /// In lessor time.
+    expiry: Instant,
+    /// When this lease is next checkpointed; `None` if its TTL is within one interval.
+    next_checkpoint: Option<Instant>,
+    /// The state machine holds, or is about to hold, a checkpoint of this lease: a renewal must
+    /// reset it through Raft first.
+    checkpointed: bool,
+    /// The leader decided to revoke it: no renewal any more.
+    expired: bool,
+}
+
+/// A checkpoint proposal: the checkpoints and the renewals waiting for their resets.
+#[derive(Debug)]
+pub struct CheckpointBatch {
+    term: u64,
+    pub checkpoints: Vec<LeaseCheckpoint>,
+    waiters: Vec<(i64, oneshot::Sender<Renewal>)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// The term these expiries belong to (0: not leading).
     term: u64,
-    expiry: BTreeMap<i64, Instant>,
+    leases: BTreeMap<i64, Tracked>,
+    /// Renewals waiting for their lease's checkpoint to be reset through Raft.
+    resets: Vec<(i64, oneshot::Sender<Renewal>)>,
+    /// Lessor time (see [`MAX_STEP`]) and the clock reading it was last advanced to.
+    time: Instant,
+    last_reading: Option<Instant>,
+}
+
+impl State {
+    /// Advances lessor time to the clock reading `reading`, by at most [`MAX_STEP`].
+    fn advance(&mut self, reading: Instant) -> Instant {
+        if let Some(last) = self.last_reading {
+            self.time = self.time.plus(reading.since(last).min(MAX_STEP));
+        }
+        self.last_reading = Some(self.last_reading.map_or(reading, |last| last.max(reading)));
+        self.time
+    }
 }
 
 /// The leader's lease clock. Followers hold an empty one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lessor {
+    config: LessorConfig,
     state: Mutex<State>,
+    /// Wakes the checkpoint task when a renewal waits for a reset.
+    wake: Notify,
 }
 
 impl Lessor {
-    /// Restarts lease `id`'s TTL from `now` if this member leads in `term` and tracks it;
-    /// answers whether it did.
-    pub fn renew(&self, term: u64, id: i64, ttl: i64, now: Instant) -> bool {
-        let mut state = self.state.lock().expect("lessor lock");
-        if state.term != term {
-            return false;
-        }
-        match state.expiry.get_mut(&id) {
-            Some(expiry) => {
-                *expiry = now.plus(Duration::from_secs(ttl.max(0) as u64));
-                true
-            }
-            None => false,
+    pub fn new(config: LessorConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::default(),
+            wake: Notify::new(),
         }
     }
 
-    /// Lease `id`'s remaining time at `now`, if this member leads in `term` and tracks it.
-    pub fn remaining(&self, term: u64, id: i64, now: Instant) -> Option<Duration> {
-        let state = self.state.lock().expect("lessor lock");
-        if state.term != term {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("lessor lock")
+    }
+
+    /// When a lease (re)started at `now` with `ttl` is next checkpointed.
+    fn schedule(&self, now: Instant, ttl: i64) -> Option<Instant> {
+        let interval = self.config.checkpoint_interval?;
+        (seconds(ttl) > interval).then(|| now.plus(interval))
+    }
+
+    /// The term this lessor keeps expiries for (0: none).
+    pub fn term(&self) -> u64 {
+        self.lock().term
+    }
+
+    /// Renews lease `id` (`record` is the state machine's, `None` if it has none) at clock reading
+    /// `reading`, for a leader in `term`.
+    pub fn renew(
+        &self,
+        term: u64,
+        id: i64,
+        record: Option<LeaseRecord>,
+        reading: Instant,
+    ) -> RenewStep {
+        let mut state = self.lock();
+        let now = state.advance(reading);
+        if state.term != term || term == 0 {
+            return RenewStep::Done(Renewal::NotLeading);
+        }
+        let Some(record) = record else {
+            return RenewStep::Done(Renewal::Expired);
+        };
+        let checkpoints = self.config.checkpoint_interval.is_some();
+        // Not tracked yet: granted since the last sync, which would start it now anyway.
+        let tracked = state.leases.entry(id).or_insert_with(|| Tracked {
+            ttl: record.ttl,
+            expiry: now.plus(stretch(seconds(record.ttl))),
+            next_checkpoint: None,
+            checkpointed: checkpoints && record.remaining > 0,
+            expired: false,
+        });
+        if tracked.expired || tracked.expiry <= now {
+            return RenewStep::Done(Renewal::Expired);
+        }
+        if tracked.checkpointed {
+            let (sender, receiver) = oneshot::channel();
+            state.resets.push((id, sender));
+            self.wake.notify_one();
+            return RenewStep::Wait(receiver);
+        }
+        let ttl = tracked.ttl;
+        tracked.expiry = now.plus(stretch(seconds(ttl)));
+        tracked.next_checkpoint = self.schedule(now, ttl);
+        RenewStep::Done(Renewal::Renewed(ttl))
+    }
+
+    /// Lease `id`'s remaining time at clock reading `reading`, if this member leads in `term` and
+    /// tracks it.
+    pub fn remaining(&self, term: u64, id: i64, reading: Instant) -> Option<Duration> {
+        let mut state = self.lock();
+        let now = state.advance(reading);
+        if state.term != term || term == 0 {
             return None;
         }
-        state.expiry.get(&id).map(|expiry| expiry.since(now))
+        state
+            .leases
+            .get(&id)
+            .map(|tracked| unstretch(tracked.expiry.since(now)))
     }
 
     /// Brings the expiries in line with the state machine's `leases` for a leader in `term`:
-    /// a new term starts every lease afresh (`ttl + grace` from `now`); leases that appeared get
-    /// `ttl` from `now`; revoked ones are dropped. Answers the expired IDs, soonest first.
-    fn sync(
-        &self,
-        term: u64,
-        leases: &[(i64, LeaseRecord)],
-        now: Instant,
-        grace: Duration,
-    ) -> Vec<i64> {
-        let mut state = self.state.lock().expect("lessor lock");
+    /// a new term takes every lease over (its checkpointed remaining time, or its TTL, plus the
+    /// grace); leases that appeared get their TTL from now; revoked ones are dropped. Answers the
+    /// expired IDs, soonest first, at most [`REVOKES_PER_TICK`]; they are never renewed again.
+    pub fn sync(&self, term: u64, leases: &[(i64, LeaseRecord)], reading: Instant) -> Vec<i64> {
+        let mut state = self.lock();
+        let now = state.advance(reading);
         let promoted = state.term != term;
         if promoted {
             state.term = term;
-            state.expiry.clear();
+            state.leases.clear();
+            // Dropping the senders tells waiting renewals to ask again.
+            state.resets.clear();
         }
+        let checkpoints = self.config.checkpoint_interval.is_some();
         let mut current = BTreeMap::new();
         for &(id, record) in leases {
-            let ttl = Duration::from_secs(record.ttl.max(0) as u64);
-            let expiry = match state.expiry.get(&id) {
-                Some(&expiry) => expiry,
-                None if promoted => now.plus(ttl + grace),
-                None => now.plus(ttl),
+            let tracked = match state.leases.remove(&id) {
+                Some(tracked) => tracked,
+                None => {
+                    let checkpointed = checkpoints && record.remaining > 0;
+                    let left = if checkpointed {
+                        seconds(record.remaining.min(record.ttl))
+                    } else {
+                        seconds(record.ttl)
+                    };
+                    let grace = if promoted {
+                        self.config.grace
+                    } else {
+                        Duration::ZERO
+                    };
+                    Tracked {
+                        ttl: record.ttl,
+                        expiry: now.plus(stretch(grace + left)),
+                        next_checkpoint: self.schedule(now, record.ttl),
+                        checkpointed,
+                        expired: false,
+                    }
+                }
             };
-            current.insert(id, expiry);
+            current.insert(id, tracked);
         }
-        state.expiry = current;
+        state.leases = current;
         let mut expired: Vec<(Instant, i64)> = state
-            .expiry
+            .leases
             .iter()
-            .filter(|(_, &at)| at.since(now).is_zero())
-            .map(|(&id, &at)| (at, id))
+            .filter(|(_, tracked)| tracked.expiry <= now)
+            .map(|(&id, tracked)| (tracked.expiry, id))
             .collect();
         expired.sort();
+        expired.truncate(REVOKES_PER_TICK);
+        for (_, id) in &expired {
+            if let Some(tracked) = state.leases.get_mut(id) {
+                tracked.expired = true;
+            }
+        }
         expired.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// The next checkpoint proposal, if any: every waiting reset, then (with `scan`) the leases
+    /// due for a periodic checkpoint. The caller proposes it and reports with
+    /// [`Self::checkpointed`].
+    pub fn checkpoint_batch(&self, reading: Instant, scan: bool) -> Option<CheckpointBatch> {
+        let mut state = self.lock();
+        let now = state.advance(reading);
+        let waiters = std::mem::take(&mut state.resets);
+        if state.term == 0 {
+            for (_, waiter) in waiters {
+                let _ = waiter.send(Renewal::NotLeading);
+            }
+            return None;
+        }
+        let mut reset = BTreeSet::new();
+        let mut checkpoints = Vec::new();
+        for &(id, _) in &waiters {
+            if reset.insert(id) {
+                checkpoints.push(LeaseCheckpoint {
+                    id,
+                    remaining_ttl: 0,
+                });
+            }
+        }
+        if scan {
+            if let Some(interval) = self.config.checkpoint_interval {
+                for (&id, tracked) in state.leases.iter_mut() {
+                    if checkpoints.len() >= CHECKPOINTS_PER_PROPOSAL {
+                        break;
+                    }
+                    let due = tracked.next_checkpoint.is_some_and(|at| at <= now);
+                    if !due || tracked.expired || reset.contains(&id) {
+                        continue;
+                    }
+                    let left = tracked.expiry.since(now);
+                    checkpoints.push(LeaseCheckpoint {
+                        id,
+                        remaining_ttl: ceil_seconds(left).max(1),
+                    });
+                    tracked.checkpointed = true;
+                    tracked.next_checkpoint = Some(now.plus(interval));
+                }
+            }
+        }
+        if checkpoints.is_empty() {
+            return None;
+        }
+        Some(CheckpointBatch {
+            term: state.term,
+            checkpoints,
+            waiters,
+        })
+    }
+
+    /// `batch` was applied (`applied`), or may not have been: answers the renewals that waited.
+    pub fn checkpointed(&self, batch: CheckpointBatch, applied: bool, reading: Instant) {
+        let mut state = self.lock();
+        let now = state.advance(reading);
+        let same_term = state.term == batch.term;
+        let mut renewed = Vec::new();
+        for (id, waiter) in batch.waiters {
+            let renewal = match state.leases.get_mut(&id) {
+                Some(tracked) if applied && same_term => {
+                    tracked.checkpointed = false;
+                    if tracked.expired || tracked.expiry <= now {
+                        Renewal::Expired
+                    } else {
+                        tracked.expiry = now.plus(stretch(seconds(tracked.ttl)));
+                        renewed.push((id, tracked.ttl));
+                        Renewal::Renewed(tracked.ttl)
+                    }
+                }
+                // Not applied, another term, or dropped by a sync that raced the renewal: the
+                // renewal asks again (and finds the lease gone if it was revoked).
+                _ => Renewal::NotLeading,
+            };
+            let _ = waiter.send(renewal);
+        }
+        for (id, ttl) in renewed {
+            let next = self.schedule(now, ttl);
+            if let Some(tracked) = state.leases.get_mut(&id) {
+                tracked.next_checkpoint = next;
+            }
+        }
+    }
+
     /// Not leading: forget every expiry.
-    fn step_down(&self) {
-        let mut state = self.state.lock().expect("lessor lock");
+    pub fn step_down(&self) {
+        let mut state = self.lock();
         state.term = 0;
-        state.expiry.clear();
+        state.leases.clear();
+        state.resets.clear();
     }
 }
 
-/// The leader loop, until `stop` is set.
-pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
-    let stopped = stop.wait_for(|stopped| *stopped);
-    tokio::pin!(stopped);
+fn revoke(id: i64) -> Command {
+    Command {
+        op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest { id })),
+    }
+}
+
+/// Expiry: every [`TICK`], sync with the state machine and revoke what expired.
+async fn expire(node: &Node) {
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut stopped => return,
-            _ = node.clock.sleep(TICK) => {}
-        }
+        node.clock.sleep(TICK).await;
         let status = node.raft_status();
         if status.leader != node.id {
             node.lessor.step_down();
             continue;
+        }
+        if node.lessor.term() != status.term {
+            // Taking over: first apply everything committed before this term, so the
+            // checkpoint resets the previous leader acknowledged renewals with are seen.
+            if node.read_barrier().await.is_err() {
+                continue;
+            }
         }
         let Ok(all) = node
             .state_machine
@@ -146,21 +438,46 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         else {
             continue;
         };
-        let expired = node
-            .lessor
-            .sync(status.term, &all, node.clock.now(), node.election_timeout);
-        for id in expired.into_iter().take(REVOKES_PER_TICK) {
-            let revoke = Command {
-                op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest { id })),
-            };
-            match node.write(revoke).await {
-                // Revoked, or already gone: the next sync drops it.
-                Ok(_) => {}
-                // Lost the leadership: the next tick steps down.
-                Err(NodeError::ForwardToLeader(_) | NodeError::NoLeader) => break,
-                Err(_) => break,
+        let expired = node.lessor.sync(status.term, &all, node.clock.now());
+        // Proposed together (Raft batches them); one that fails is proposed again next tick,
+        // and one already revoked is refused harmlessly.
+        let revokes = expired.into_iter().map(|id| node.write(revoke(id)));
+        for result in futures::future::join_all(revokes).await {
+            if let Err(NodeError::Stopped(_)) = result {
+                return;
             }
         }
+    }
+}
+
+/// Checkpoints: periodic ones every [`TICK`], resets as soon as a renewal waits for one.
+async fn checkpoint(node: &Node) {
+    loop {
+        let scan = tokio::select! {
+            _ = node.lessor.wake.notified() => false,
+            _ = node.clock.sleep(TICK) => true,
+        };
+        let mut scan = scan;
+        while let Some(batch) = node.lessor.checkpoint_batch(node.clock.now(), scan) {
+            scan = false;
+            let command = Command {
+                op: Some(command::Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                    checkpoints: batch.checkpoints.clone(),
+                })),
+            };
+            let applied = node.write(command).await.is_ok();
+            node.lessor.checkpointed(batch, applied, node.clock.now());
+        }
+    }
+}
+
+/// The leader loops, until `stop` is set.
+pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
+    let stopped = stop.wait_for(|stopped| *stopped);
+    tokio::select! {
+        _ = stopped => {}
+        _ = expire(&node) => {}
+        _ = checkpoint(&node) => {}
     }
 }
 
@@ -172,8 +489,36 @@ mod tests {
         Instant::default().plus(Duration::from_secs(seconds))
     }
 
+    fn at_ms(millis: u64) -> Instant {
+        Instant::default().plus(Duration::from_millis(millis))
+    }
+
     fn lease(id: i64, ttl: i64) -> (i64, LeaseRecord) {
         (id, LeaseRecord { ttl, remaining: 0 })
+    }
+
+    fn lessor(checkpoint_interval: Option<u64>) -> Lessor {
+        Lessor::new(LessorConfig {
+            checkpoint_interval: checkpoint_interval.map(Duration::from_secs),
+            grace: Duration::from_secs(1),
+        })
+    }
+
+    /// Reads the clock every half second from `from` to `to` (seconds), as the leader loop does,
+    /// so lessor time keeps up with it.
+    fn tick(lessor: &Lessor, term: u64, leases: &[(i64, LeaseRecord)], from: u64, to: u64) {
+        let mut ms = from * 1000;
+        while ms < to * 1000 {
+            ms += 500;
+            lessor.sync(term, leases, at_ms(ms));
+        }
+    }
+
+    fn renewed(step: RenewStep) -> Renewal {
+        match step {
+            RenewStep::Done(renewal) => renewal,
+            RenewStep::Wait(_) => panic!("renewal waits for a reset"),
+        }
     }
 
     #[test]
@@ -187,46 +532,158 @@ mod tests {
 
     #[test]
     fn a_new_leader_gives_every_lease_its_ttl_plus_an_election_timeout() {
-        let lessor = Lessor::default();
-        let grace = Duration::from_secs(1);
+        let lessor = lessor(None);
         let leases = [lease(1, 10), lease(2, 5)];
-        assert!(lessor.sync(7, &leases, at(100), grace).is_empty());
+        assert!(lessor.sync(7, &leases, at(100)).is_empty());
         assert_eq!(
             lessor.remaining(7, 2, at(100)),
             Some(Duration::from_secs(6))
         );
-        assert_eq!(
-            lessor.remaining(6, 2, at(100)),
-            None,
-            "another term knows nothing"
+        assert_eq!(lessor.remaining(6, 2, at(100)), None, "another term");
+        tick(&lessor, 7, &leases, 100, 105);
+        assert!(
+            lessor.sync(7, &leases, at_ms(106_000)).is_empty(),
+            "stretched"
         );
-        // Not expired one second before, expired at 106.
-        assert!(lessor.sync(7, &leases, at(105), grace).is_empty());
-        assert_eq!(lessor.sync(7, &leases, at(106), grace), [2]);
+        assert_eq!(lessor.sync(7, &leases, at_ms(106_500)), [2]);
+        // Expired means expired: no renewal brings it back.
+        let record = Some(leases[1].1);
+        assert_eq!(
+            renewed(lessor.renew(7, 2, record, at_ms(106_500))),
+            Renewal::Expired
+        );
     }
 
     #[test]
     fn renewals_restart_the_ttl_and_new_grants_start_at_the_sync() {
-        let lessor = Lessor::default();
-        let grace = Duration::from_secs(1);
-        lessor.sync(3, &[lease(1, 10)], at(0), grace);
-        assert!(lessor.renew(3, 1, 10, at(8)));
-        assert!(!lessor.renew(3, 9, 10, at(8)), "an untracked lease");
-        assert!(!lessor.renew(4, 1, 10, at(8)), "not leading in that term");
-        // Granted meanwhile: TTL from this sync, without the promotion grace.
-        assert!(lessor
-            .sync(3, &[lease(1, 10), lease(2, 4)], at(9), grace)
-            .is_empty());
-        assert_eq!(lessor.remaining(3, 2, at(9)), Some(Duration::from_secs(4)));
+        let lessor = lessor(None);
+        let one = [lease(1, 10)];
+        lessor.sync(3, &one, at(0));
+        tick(&lessor, 3, &one, 0, 8);
+        let record = Some(one[0].1);
         assert_eq!(
-            lessor.sync(3, &[lease(1, 10), lease(2, 4)], at(13), grace),
-            [2]
+            renewed(lessor.renew(3, 1, record, at(8))),
+            Renewal::Renewed(10)
         );
-        assert_eq!(lessor.sync(3, &[lease(1, 10)], at(18), grace), [1]);
-        // Revoked ones are dropped; stepping down forgets everything.
-        assert!(lessor.sync(3, &[], at(30), grace).is_empty());
-        lessor.sync(3, &[lease(5, 10)], at(30), grace);
+        assert_eq!(renewed(lessor.renew(3, 9, None, at(8))), Renewal::Expired);
+        assert_eq!(
+            renewed(lessor.renew(4, 1, record, at(8))),
+            Renewal::NotLeading
+        );
+        // Granted meanwhile: TTL from this sync, without the promotion grace.
+        let two = [lease(1, 10), lease(2, 4)];
+        tick(&lessor, 3, &two, 8, 9);
+        let left = lessor.remaining(3, 2, at(9)).expect("tracked");
+        assert_eq!(left.as_millis(), 3500, "4s from the sync at 8.5s");
+        tick(&lessor, 3, &two, 9, 13);
+        assert_eq!(lessor.sync(3, &two, at_ms(13_500)), [2]);
+        tick(&lessor, 3, &one, 13, 18);
+        assert_eq!(lessor.sync(3, &one, at_ms(18_500)), [1]);
         lessor.step_down();
-        assert_eq!(lessor.remaining(3, 5, at(30)), None);
+        assert_eq!(lessor.remaining(3, 1, at(19)), None);
+    }
+
+    #[test]
+    fn a_clock_jump_or_pause_counts_as_one_step() {
+        let lessor = lessor(None);
+        let one = [lease(1, 5)];
+        lessor.sync(2, &one, at(0));
+        // The clock leaps an hour: lessor time moves by one step only.
+        assert!(lessor.sync(2, &one, at(3600)).is_empty());
+        let left = lessor.remaining(2, 1, at(3600)).expect("tracked");
+        assert!(left >= Duration::from_secs(5) - MAX_STEP, "{left:?}");
+        // And a clock going back stops lessor time, never reverses it.
+        assert!(lessor.sync(2, &one, at(10)).is_empty());
+        assert_eq!(lessor.remaining(2, 1, at(10)), Some(left));
+    }
+
+    #[test]
+    fn leases_are_checkpointed_after_an_interval_without_renewal() {
+        let lessor = lessor(Some(5));
+        let leases = [lease(1, 30), lease(2, 4)];
+        lessor.sync(1, &leases, at(0));
+        assert!(lessor.checkpoint_batch(at(0), true).is_none());
+        tick(&lessor, 1, &leases, 0, 7);
+        // Lease 2's TTL is within one interval: a reset costs it less than a checkpoint would.
+        let batch = lessor.checkpoint_batch(at(7), true).expect("due");
+        let expected = LeaseCheckpoint {
+            id: 1,
+            remaining_ttl: 25,
+        };
+        assert_eq!(batch.checkpoints, [expected]);
+        lessor.checkpointed(batch, true, at(7));
+        // Not due again until another interval has passed.
+        assert!(lessor.checkpoint_batch(at(7), true).is_none());
+    }
+
+    #[test]
+    fn renewing_a_checkpointed_lease_waits_for_the_reset() {
+        let lessor = lessor(Some(5));
+        let one = [lease(1, 30)];
+        lessor.sync(1, &one, at(0));
+        tick(&lessor, 1, &one, 0, 6);
+        let batch = lessor.checkpoint_batch(at(6), true).expect("due");
+        // A renewal while that checkpoint is in flight waits for a reset after it.
+        let record = Some(one[0].1);
+        let RenewStep::Wait(mut waiting) = lessor.renew(1, 1, record, at(6)) else {
+            panic!("a checkpointed lease renewed without a reset");
+        };
+        lessor.checkpointed(batch, true, at(6));
+        assert!(waiting.try_recv().is_err(), "answered before its reset");
+        let reset = lessor.checkpoint_batch(at(6), false).expect("the reset");
+        let expected = LeaseCheckpoint {
+            id: 1,
+            remaining_ttl: 0,
+        };
+        assert_eq!(reset.checkpoints, [expected]);
+        lessor.checkpointed(reset, true, at(6));
+        assert_eq!(waiting.try_recv(), Ok(Renewal::Renewed(30)));
+        // Reset: the next renewal needs no Raft round trip.
+        assert_eq!(
+            renewed(lessor.renew(1, 1, record, at(6))),
+            Renewal::Renewed(30)
+        );
+    }
+
+    #[test]
+    fn a_failed_reset_keeps_the_lease_checkpointed() {
+        let lessor = lessor(Some(5));
+        let record = LeaseRecord {
+            ttl: 30,
+            remaining: 12,
+        };
+        // Taking over a checkpointed lease: remaining time plus grace.
+        lessor.sync(4, &[(1, record)], at(0));
+        let left = lessor.remaining(4, 1, at(0)).expect("tracked");
+        assert_eq!(left.as_secs(), 13);
+        let RenewStep::Wait(mut waiting) = lessor.renew(4, 1, Some(record), at(0)) else {
+            panic!("no reset");
+        };
+        let reset = lessor.checkpoint_batch(at(0), false).expect("the reset");
+        lessor.checkpointed(reset, false, at(0));
+        assert_eq!(waiting.try_recv(), Ok(Renewal::NotLeading));
+        assert!(matches!(
+            lessor.renew(4, 1, Some(record), at(0)),
+            RenewStep::Wait(_)
+        ));
+        // Stepping down answers waiting renewals.
+        lessor.step_down();
+        assert!(lessor.checkpoint_batch(at(0), false).is_none());
+    }
+
+    #[test]
+    fn without_checkpoints_a_new_leader_resets_every_lease() {
+        let lessor = lessor(None);
+        let record = LeaseRecord {
+            ttl: 30,
+            remaining: 12,
+        };
+        lessor.sync(4, &[(1, record)], at(0));
+        assert_eq!(lessor.remaining(4, 1, at(0)).map(|d| d.as_secs()), Some(31));
+        assert_eq!(
+            renewed(lessor.renew(4, 1, Some(record), at(0))),
+            Renewal::Renewed(30)
+        );
+        assert!(lessor.checkpoint_batch(at(100), true).is_none());
     }
 }

@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// `--snapshot-count`: applied entries between two snapshots.
     pub snapshot_count: u64,
+    /// `--experimental-lease-checkpoint-interval`; `None` with checkpoints disabled.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// A running member.
@@ -163,7 +165,10 @@ impl Node {
             raft,
             state_machine,
             clock,
-            lessor: Arc::default(),
+            lessor: Arc::new(lessor::Lessor::new(lessor::LessorConfig {
+                checkpoint_interval: config.lease_checkpoint_interval,
+                grace: config.election_timeout,
+            })),
             heartbeat_interval: config.heartbeat_interval,
             election_timeout: config.election_timeout,
             disk,
@@ -184,6 +189,27 @@ impl Node {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
         }
+    }
+
+    /// Whether this member leads and no other member can have been elected since: a quorum
+    /// acknowledged its heartbeats within the last election timeout, and a follower that heard
+    /// from it refuses to vote for anyone else for twice that (openraft's leader lease). A
+    /// leader cut off by a partition stops answering keep-alives when this turns false, before
+    /// a new leader starts counting the TTLs down.
+    pub fn leads_with_quorum(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader != Some(self.id) {
+            return false;
+        }
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().count() <= 1 {
+            return true;
+        }
+        metrics.last_quorum_acked.as_ref().is_some_and(|acked| {
+            let now = <crate::env::runtime::RuntimeInstant as openraft_rt::Instant>::now();
+            now - **acked < self.election_timeout
+        })
     }
 
     /// The leader this member knows of, if any.
