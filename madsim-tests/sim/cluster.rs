@@ -145,6 +145,9 @@ impl Cluster {
     /// Appends a line to the trace (hashed for the determinism check).
     pub fn record(&mut self, line: String) {
         let now = madsim::time::Instant::now();
+        if std::env::var_os("DETCD_SIM_TRACE").is_some() {
+            eprintln!("trace {now:?} {line}");
+        }
         self.trace.push(format!("{now:?} {line}"));
     }
 

@@ -29,6 +29,10 @@ impl Instant {
     }
 }
 
+/// Where a clock's readings start: a day in, so a clock jumped back (by less than a day) still
+/// moves on at once instead of sitting at zero until real time catches up with the jump.
+const ORIGIN_NANOS: i128 = 86_400 * 1_000_000_000;
+
 #[derive(Debug)]
 struct Skew {
     /// Added to every reading; moved by `jump`.
@@ -68,7 +72,7 @@ impl Clock {
             .as_nanos() as i128;
         let skew = self.skew.lock().expect("clock skew lock");
         let drifted = elapsed + elapsed * skew.drift_ppm as i128 / 1_000_000;
-        Instant((drifted + skew.offset_nanos as i128).max(0) as u64)
+        Instant((ORIGIN_NANOS + drifted + skew.offset_nanos as i128).max(0) as u64)
     }
 
     /// Sleeps for `duration` as measured by this node's clock.
