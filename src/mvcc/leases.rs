@@ -51,3 +51,65 @@ where
     }
     Ok(keys)
 }
+
+/// A lease change the state machine applied, for the leader's lessor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Granted {
+        id: i64,
+        ttl: i64,
+    },
+    Revoked {
+        id: i64,
+    },
+    /// A snapshot replaced the whole state: read every lease again.
+    Reset,
+}
+
+#[derive(Debug, Default)]
+struct FeedState {
+    active: bool,
+    /// Applied changes with their log index, oldest first.
+    events: Vec<(u64, LeaseEvent)>,
+}
+
+/// Lease changes as the state machine applies them, kept only while the leader's lessor is
+/// listening, so the lessor never re-reads every lease to learn of a grant or a revoke. Followers
+/// keep nothing.
+#[derive(Debug, Default)]
+pub struct LeaseFeed {
+    state: std::sync::Mutex<FeedState>,
+}
+
+impl LeaseFeed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().expect("lease feed lock")
+    }
+
+    /// Starts keeping changes (from now on; the listener reads the state after this call).
+    pub fn listen(&self) {
+        let mut state = self.lock();
+        state.active = true;
+        state.events.clear();
+    }
+
+    /// Stops keeping changes and drops what was kept.
+    pub fn stop(&self) {
+        let mut state = self.lock();
+        state.active = false;
+        state.events = Vec::new();
+    }
+
+    /// Called after a batch is committed.
+    pub fn publish(&self, events: impl IntoIterator<Item = (u64, LeaseEvent)>) {
+        let mut state = self.lock();
+        if state.active {
+            state.events.extend(events);
+        }
+    }
+
+    /// The changes kept since the last call.
+    pub fn drain(&self) -> Vec<(u64, LeaseEvent)> {
+        std::mem::take(&mut self.lock().events)
+    }
+}

@@ -26,10 +26,10 @@
 //!   process resumed after a pause) cannot expire every lease at once (etcd#15247); it only makes
 //!   expiry later.
 //!
-//! The leader loop (every [`TICK`]): re-read the leases the state machine has, drop the ones
-//! revoked, start the ones new, and propose a revoke for each expired one (at most
-//! [`REVOKES_PER_TICK`] per tick, as etcd's lessor rate-limits expiry, so a mass expiry never
-//! floods the log).
+//! The expiry loop (every [`TICK`]): on taking over, read every lease once; then follow the
+//! grants and revokes the state machine applies (its [`LeaseFeed`](crate::mvcc::leases::LeaseFeed)),
+//! and propose a revoke for each expired lease, at most [`REVOKES_PER_TICK`] per tick, as
+//! etcd's lessor rate-limits expiry, so a mass expiry never floods the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -38,15 +38,20 @@ use tokio::sync::{oneshot, Notify};
 
 use super::{Node, NodeError};
 use crate::env::{watch, Duration, Instant};
-use crate::mvcc::{leases, LeaseRecord};
+use crate::mvcc::leases::LeaseEvent;
+use crate::mvcc::LeaseRecord;
 use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use crate::pb::raft::{command, Command};
 
-/// How often the leader looks for expired leases and leases due for a checkpoint.
-pub const TICK: Duration = Duration::from_millis(500);
+/// How often the leader looks for expired leases.
+pub const TICK: Duration = Duration::from_millis(100);
 
-/// At most this many revokes are proposed per tick (etcd's `leaseRevokeRate` is 1000/s).
-pub const REVOKES_PER_TICK: usize = 500;
+/// How often the leader looks for leases due for a checkpoint.
+pub const CHECKPOINT_TICK: Duration = Duration::from_millis(500);
+
+/// At most this many revokes are proposed per tick: 1000 per second, etcd's
+/// `leaseRevokeRate`, in small batches so a mass expiry never floods the log nor stalls writes.
+pub const REVOKES_PER_TICK: usize = 100;
 
 /// At most this many checkpoints go in one proposal (etcd's `maxLeaseCheckpointBatchSize`).
 const CHECKPOINTS_PER_PROPOSAL: usize = 1000;
@@ -63,8 +68,8 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_DRIFT_PPM: u64 = 1000;
 
 /// The most lessor time advances between two readings of the clock. The leader reads it at least
-/// every [`TICK`]; a longer gap is a jump or a pause, counted as this much.
-pub const MAX_STEP: Duration = Duration::from_millis(2 * TICK.as_millis() as u64);
+/// every [`TICK`]; a gap longer than this is a jump or a pause, counted as this much.
+pub const MAX_STEP: Duration = Duration::from_secs(1);
 
 /// etcd's smallest lease TTL for a cluster with these timings: one and a half election
 /// timeouts, counted in whole heartbeats, rounded up to a second (`minLeaseTTL`).
@@ -152,6 +157,9 @@ struct State {
     leases: BTreeMap<i64, Tracked>,
     /// Renewals waiting for their lease's checkpoint to be reset through Raft.
     resets: Vec<(i64, oneshot::Sender<Renewal>)>,
+    /// The log index of the state the leases were last read from: applied changes up to it
+    /// are in `leases` already.
+    synced_index: u64,
     /// Lessor time (see [`MAX_STEP`]) and the clock reading it was last advanced to.
     time: Instant,
     last_reading: Option<Instant>,
@@ -260,13 +268,14 @@ impl Lessor {
             .map(|tracked| unstretch(tracked.expiry.since(now)))
     }
 
-    /// Brings the expiries in line with the state machine's `leases` for a leader in `term`:
-    /// a new term takes every lease over (its checkpointed remaining time, or its TTL, plus the
-    /// grace); leases that appeared get their TTL from now; revoked ones are dropped. Answers the
-    /// expired IDs, soonest first, at most [`REVOKES_PER_TICK`]; they are never renewed again.
-    pub fn sync(&self, term: u64, leases: &[(i64, LeaseRecord)], reading: Instant) -> Vec<i64> {
+    /// Brings the expiries in line with the state machine's `leases` (read at log index
+    /// `index`) for a leader in `term`: a new term takes every lease over (its checkpointed
+    /// remaining time, or its TTL, plus the grace); leases that appeared get their TTL from now;
+    /// revoked ones are dropped.
+    pub fn sync(&self, term: u64, index: u64, leases: &[(i64, LeaseRecord)], reading: Instant) {
         let mut state = self.lock();
         let now = state.advance(reading);
+        state.synced_index = index;
         let promoted = state.term != term;
         if promoted {
             state.term = term;
@@ -303,6 +312,42 @@ impl Lessor {
             current.insert(id, tracked);
         }
         state.leases = current;
+    }
+
+    /// Applies the lease changes applied since the last sync (a grant starts its TTL now).
+    /// Answers false if one of them asks for a full sync (a snapshot was installed).
+    pub fn apply_events(&self, events: &[(u64, LeaseEvent)], reading: Instant) -> bool {
+        let mut state = self.lock();
+        let now = state.advance(reading);
+        for &(index, event) in events {
+            if index <= state.synced_index {
+                continue;
+            }
+            match event {
+                LeaseEvent::Granted { id, ttl } => {
+                    let next_checkpoint = self.schedule(now, ttl);
+                    state.leases.entry(id).or_insert(Tracked {
+                        ttl,
+                        expiry: now.plus(stretch(seconds(ttl))),
+                        next_checkpoint,
+                        checkpointed: false,
+                        expired: false,
+                    });
+                }
+                LeaseEvent::Revoked { id } => {
+                    state.leases.remove(&id);
+                }
+                LeaseEvent::Reset => return false,
+            }
+        }
+        true
+    }
+
+    /// The expired leases, soonest first, at most [`REVOKES_PER_TICK`]; they are never renewed
+    /// again.
+    pub fn expired(&self, reading: Instant) -> Vec<i64> {
+        let mut state = self.lock();
+        let now = state.advance(reading);
         let mut expired: Vec<(Instant, i64)> = state
             .leases
             .iter()
@@ -410,6 +455,7 @@ impl Lessor {
         state.term = 0;
         state.leases.clear();
         state.resets.clear();
+        state.synced_index = 0;
     }
 }
 
@@ -419,30 +465,51 @@ fn revoke(id: i64) -> Command {
     }
 }
 
-/// Expiry: every [`TICK`], sync with the state machine and revoke what expired.
+/// Expiry: every [`TICK`] (on a fixed schedule, so the revoke rate is exact), take over the
+/// leases when this member starts leading (or after a snapshot), follow the grants and revokes
+/// applied since, and revoke what expired.
 async fn expire(node: &Node) {
+    let feed = &node.state_machine.leases;
+    let mut next_tick = node.clock.now();
+    let mut synced = false;
     loop {
-        node.clock.sleep(TICK).await;
+        next_tick = next_tick.plus(TICK);
+        let now = node.clock.now();
+        if next_tick <= now {
+            // Behind (a pause, a slow revoke round): go on from now rather than catch up.
+            next_tick = now;
+        } else {
+            node.clock.sleep(next_tick.since(now)).await;
+        }
         let status = node.raft_status();
         if status.leader != node.id {
-            node.lessor.step_down();
+            if node.lessor.term() != 0 || synced {
+                node.lessor.step_down();
+                feed.stop();
+                synced = false;
+            }
             continue;
         }
-        if node.lessor.term() != status.term {
+        if !synced || node.lessor.term() != status.term {
+            // Listen first, then read: a change applied in between is in the read or in the
+            // feed, and the feed's copy is skipped by its index.
+            feed.listen();
             // Taking over: first apply everything committed before this term, so the
             // checkpoint resets the previous leader acknowledged renewals with are seen.
             if node.read_barrier().await.is_err() {
                 continue;
             }
+            let Ok((index, all)) = node.state_machine.lease_snapshot().await else {
+                continue;
+            };
+            node.lessor.sync(status.term, index, &all, node.clock.now());
+            synced = true;
         }
-        let Ok(all) = node
-            .state_machine
-            .read(|txn| leases::all(txn).map_err(crate::raft::io_error))
-            .await
-        else {
+        if !node.lessor.apply_events(&feed.drain(), node.clock.now()) {
+            synced = false;
             continue;
-        };
-        let expired = node.lessor.sync(status.term, &all, node.clock.now());
+        }
+        let expired = node.lessor.expired(node.clock.now());
         // Proposed together (Raft batches them); one that fails is proposed again next tick,
         // and one already revoked is refused harmlessly.
         let revokes = expired.into_iter().map(|id| node.write(revoke(id)));
@@ -459,7 +526,7 @@ async fn checkpoint(node: &Node) {
     loop {
         let scan = tokio::select! {
             _ = node.lessor.wake.notified() => false,
-            _ = node.clock.sleep(TICK) => true,
+            _ = node.clock.sleep(CHECKPOINT_TICK) => true,
         };
         let mut scan = scan;
         while let Some(batch) = node.lessor.checkpoint_batch(node.clock.now(), scan) {
@@ -501,6 +568,17 @@ mod tests {
         (id, LeaseRecord { ttl, remaining: 0 })
     }
 
+    /// A full sync followed by the expiry check, as the leader loop does after taking over.
+    fn sync(
+        lessor: &Lessor,
+        term: u64,
+        leases: &[(i64, LeaseRecord)],
+        reading: Instant,
+    ) -> Vec<i64> {
+        lessor.sync(term, 0, leases, reading);
+        lessor.expired(reading)
+    }
+
     fn lessor(checkpoint_interval: Option<u64>) -> Lessor {
         Lessor::new(LessorConfig {
             checkpoint_interval: checkpoint_interval.map(Duration::from_secs),
@@ -514,7 +592,7 @@ mod tests {
         let mut ms = from * 1000;
         while ms < to * 1000 {
             ms += 500;
-            lessor.sync(term, leases, at_ms(ms));
+            sync(lessor, term, leases, at_ms(ms));
         }
     }
 
@@ -538,7 +616,7 @@ mod tests {
     fn a_new_leader_gives_every_lease_its_ttl_plus_an_election_timeout() {
         let lessor = lessor(None);
         let leases = [lease(1, 10), lease(2, 5)];
-        assert!(lessor.sync(7, &leases, at(100)).is_empty());
+        assert!(sync(&lessor, 7, &leases, at(100)).is_empty());
         assert_eq!(
             lessor.remaining(7, 2, at(100)),
             Some(Duration::from_secs(6))
@@ -546,10 +624,10 @@ mod tests {
         assert_eq!(lessor.remaining(6, 2, at(100)), None, "another term");
         tick(&lessor, 7, &leases, 100, 105);
         assert!(
-            lessor.sync(7, &leases, at_ms(106_000)).is_empty(),
+            sync(&lessor, 7, &leases, at_ms(106_000)).is_empty(),
             "stretched"
         );
-        assert_eq!(lessor.sync(7, &leases, at_ms(106_500)), [2]);
+        assert_eq!(sync(&lessor, 7, &leases, at_ms(106_500)), [2]);
         // Expired means expired: no renewal brings it back.
         let record = Some(leases[1].1);
         assert_eq!(
@@ -562,7 +640,7 @@ mod tests {
     fn renewals_restart_the_ttl_and_new_grants_start_at_the_sync() {
         let lessor = lessor(None);
         let one = [lease(1, 10)];
-        lessor.sync(3, &one, at(0));
+        sync(&lessor, 3, &one, at(0));
         tick(&lessor, 3, &one, 0, 8);
         let record = Some(one[0].1);
         assert_eq!(
@@ -580,25 +658,53 @@ mod tests {
         let left = lessor.remaining(3, 2, at(9)).expect("tracked");
         assert_eq!(left.as_millis(), 3500, "4s from the sync at 8.5s");
         tick(&lessor, 3, &two, 9, 13);
-        assert_eq!(lessor.sync(3, &two, at_ms(13_500)), [2]);
+        assert_eq!(sync(&lessor, 3, &two, at_ms(13_500)), [2]);
         tick(&lessor, 3, &one, 13, 18);
-        assert_eq!(lessor.sync(3, &one, at_ms(18_500)), [1]);
+        assert_eq!(sync(&lessor, 3, &one, at_ms(18_500)), [1]);
         lessor.step_down();
         assert_eq!(lessor.remaining(3, 1, at(19)), None);
+    }
+
+    #[test]
+    fn applied_grants_and_revokes_are_followed_without_a_full_read() {
+        let lessor = lessor(None);
+        lessor.sync(2, 10, &[lease(1, 5)], at(0));
+        let events = [
+            // Already in the read at index 10.
+            (9, LeaseEvent::Revoked { id: 1 }),
+            (11, LeaseEvent::Granted { id: 2, ttl: 3 }),
+            (12, LeaseEvent::Granted { id: 3, ttl: 3 }),
+            (13, LeaseEvent::Revoked { id: 3 }),
+        ];
+        assert!(lessor.apply_events(&events, at(0)));
+        assert!(
+            lessor.remaining(2, 1, at(0)).is_some(),
+            "index 9 was in the read"
+        );
+        assert_eq!(lessor.remaining(2, 2, at(0)).map(|d| d.as_secs()), Some(3));
+        assert_eq!(lessor.remaining(2, 3, at(0)), None);
+        assert!(!lessor.apply_events(&[(14, LeaseEvent::Reset)], at(0)));
+        // Expiry in order, at most REVOKES_PER_TICK, and marked so none is renewed.
+        let mut ms = 0;
+        while ms < 3_500 {
+            ms += 500;
+            lessor.expired(at_ms(ms));
+        }
+        assert_eq!(lessor.expired(at_ms(3_500)), [2]);
     }
 
     #[test]
     fn a_clock_jump_or_pause_counts_as_one_step() {
         let lessor = lessor(None);
         let one = [lease(1, 5)];
-        lessor.sync(2, &one, at(0));
+        sync(&lessor, 2, &one, at(0));
         // The clock leaps an hour: lessor time moves by one step only.
-        assert!(lessor.sync(2, &one, at(3600)).is_empty());
+        assert!(sync(&lessor, 2, &one, at(3600)).is_empty());
         let left = lessor.remaining(2, 1, at(3600)).expect("tracked");
         assert!(left >= Duration::from_secs(5) - MAX_STEP, "{left:?}");
         // A clock going back never reverses lessor time, nor freezes it until the clock is
         // back where it was: counting goes on from the new reading.
-        assert!(lessor.sync(2, &one, at(10)).is_empty());
+        assert!(sync(&lessor, 2, &one, at(10)).is_empty());
         assert_eq!(lessor.remaining(2, 1, at(10)), Some(left));
         let later = lessor.remaining(2, 1, at(11)).expect("tracked");
         assert_eq!((left - later).as_millis(), 999, "one second, unstretched");
@@ -608,7 +714,7 @@ mod tests {
     fn leases_are_checkpointed_after_an_interval_without_renewal() {
         let lessor = lessor(Some(5));
         let leases = [lease(1, 30), lease(2, 4)];
-        lessor.sync(1, &leases, at(0));
+        sync(&lessor, 1, &leases, at(0));
         assert!(lessor.checkpoint_batch(at(0), true).is_none());
         tick(&lessor, 1, &leases, 0, 7);
         // Lease 2's TTL is within one interval: a reset costs it less than a checkpoint would.
@@ -627,7 +733,7 @@ mod tests {
     fn renewing_a_checkpointed_lease_waits_for_the_reset() {
         let lessor = lessor(Some(5));
         let one = [lease(1, 30)];
-        lessor.sync(1, &one, at(0));
+        sync(&lessor, 1, &one, at(0));
         tick(&lessor, 1, &one, 0, 6);
         let batch = lessor.checkpoint_batch(at(6), true).expect("due");
         // A renewal while that checkpoint is in flight waits for a reset after it.
@@ -660,7 +766,7 @@ mod tests {
             remaining: 12,
         };
         // Taking over a checkpointed lease: remaining time plus grace.
-        lessor.sync(4, &[(1, record)], at(0));
+        sync(&lessor, 4, &[(1, record)], at(0));
         let left = lessor.remaining(4, 1, at(0)).expect("tracked");
         assert_eq!(left.as_secs(), 13);
         let RenewStep::Wait(mut waiting) = lessor.renew(4, 1, Some(record), at(0)) else {
@@ -685,7 +791,7 @@ mod tests {
             ttl: 30,
             remaining: 12,
         };
-        lessor.sync(4, &[(1, record)], at(0));
+        sync(&lessor, 4, &[(1, record)], at(0));
         assert_eq!(lessor.remaining(4, 1, at(0)).map(|d| d.as_secs()), Some(31));
         assert_eq!(
             renewed(lessor.renew(4, 1, Some(record), at(0))),

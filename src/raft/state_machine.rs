@@ -21,7 +21,8 @@ use super::codec;
 use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{self, CommandResponse, CommandResult};
 use crate::env;
-use crate::mvcc::{self, INITIAL_REVISION};
+use crate::mvcc::leases::{LeaseEvent, LeaseFeed};
+use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
 use crate::storage::encoding;
 use crate::storage::{
@@ -37,6 +38,8 @@ pub struct StateMachine {
     current_snapshot: Arc<Mutex<Option<Snapshot>>>,
     /// Told about every applied batch (after it is committed) and every installed snapshot.
     pub hub: Arc<Hub>,
+    /// Lease grants and revokes as they are applied, for the leader's lessor.
+    pub leases: Arc<LeaseFeed>,
 }
 
 /// What the state machine has applied, read in one transaction.
@@ -45,6 +48,21 @@ struct AppliedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     revision: i64,
+}
+
+/// The lease change an applied command made, if any.
+fn lease_event(command: &pb::Command, result: &CommandResult) -> Option<LeaseEvent> {
+    use pb::command::Op;
+    match (&command.op, result) {
+        (Some(Op::LeaseGrant(grant)), CommandResult::LeaseGrant(_)) => Some(LeaseEvent::Granted {
+            id: grant.id,
+            ttl: grant.ttl,
+        }),
+        (Some(Op::LeaseRevoke(revoke)), CommandResult::LeaseRevoke(_)) => {
+            Some(LeaseEvent::Revoked { id: revoke.id })
+        }
+        _ => None,
+    }
 }
 
 fn read_applied_state<T>(meta: &T) -> Result<AppliedState, io::Error>
@@ -141,7 +159,21 @@ impl StateMachine {
             db,
             current_snapshot: Arc::new(Mutex::new(None)),
             hub: Hub::new(applied),
+            leases: Arc::default(),
         })
+    }
+
+    /// Every lease, with the log index the state machine had applied when it was read.
+    pub async fn lease_snapshot(&self) -> Result<(u64, Vec<(i64, LeaseRecord)>), io::Error> {
+        self.read(|txn| {
+            let meta = txn.open_table(SM_META).map_err(io_error)?;
+            let index = read_applied_state(&meta)?
+                .last_applied
+                .map_or(0, |log_id| log_id.index);
+            let all = mvcc::leases::all(txn).map_err(io_error)?;
+            Ok((index, all))
+        })
+        .await
     }
 
     /// Runs `f` on a consistent read view of the store (off the async path in real mode).
@@ -369,6 +401,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut last_applied = None;
                 let mut responses = Vec::with_capacity(batch.len());
                 let mut changes = Vec::new();
+                let mut lease_events = Vec::new();
                 for (entry, _) in &batch {
                     let response = match &entry.payload {
                         EntryPayload::Normal(command) => {
@@ -376,6 +409,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 .map_err(io_error)?;
                             assert!(response.revision >= revision, "revision went back");
                             revision = response.revision;
+                            if let Some(event) = lease_event(command, &response.result) {
+                                lease_events.push((entry.log_id.index, event));
+                            }
                             response
                         }
                         EntryPayload::Membership(membership) => {
@@ -406,9 +442,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     revision,
                     compacted,
                 };
-                Ok((batch, responses, changes, applied))
+                Ok((batch, responses, (changes, lease_events), applied))
             })
             .await?;
+        let (changes, lease_events) = changes;
+        self.leases.publish(lease_events);
         self.hub.publish(changes, applied);
         for ((_, responder), response) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
@@ -447,6 +485,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         env::blocking(move || install_data(&db, &data, &state)).await?;
         self.hub.reset(applied);
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        self.leases.publish([(index, LeaseEvent::Reset)]);
         keep_newest(
             &self.current_snapshot,
             Snapshot {
