@@ -64,6 +64,8 @@ pub enum ApplyError {
     Compacted,
     /// A read or compaction above the current revision (`ErrFutureRev`).
     FutureRevision,
+    /// A lessor's revoke or checkpoint appended in a later term than it was decided in.
+    StaleLessorTerm,
 }
 
 fn refused(error: MvccError) -> Result<ApplyError, StorageError> {

@@ -313,8 +313,16 @@ impl Store {
         };
         txn.set_durability(durability).expect("durability");
         let mut changes = Vec::new();
-        let response =
-            apply::apply(&txn, current, &Command { op: Some(op) }, &mut changes).expect("apply");
+        let response = apply::apply(
+            &txn,
+            current,
+            &Command {
+                op: Some(op),
+                ..Default::default()
+            },
+            &mut changes,
+        )
+        .expect("apply");
         self.ops += 1;
         {
             let mut meta = txn.open_table(SM_META).expect("meta");

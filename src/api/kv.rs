@@ -53,7 +53,10 @@ impl KvService {
         op: command::Op,
         forwarded: bool,
     ) -> Result<Result<CommandResponse, MemberNode>, Status> {
-        let command = pb_raft::Command { op: Some(op) };
+        let command = pb_raft::Command {
+            op: Some(op),
+            ..Default::default()
+        };
         match self.node.write(command).await {
             Ok(response) => match response.result {
                 CommandResult::Rejected(error) => Err(ApiError::from(error).into()),

@@ -67,7 +67,14 @@ impl LeaseService {
         op: command::Op,
         forwarded: bool,
     ) -> Result<Result<CommandResult, MemberNode>, Status> {
-        match self.node.write(Command { op: Some(op) }).await {
+        match self
+            .node
+            .write(Command {
+                op: Some(op),
+                ..Default::default()
+            })
+            .await
+        {
             Ok(response) => match response.result {
                 CommandResult::Rejected(error) => Err(ApiError::from(error).into()),
                 result => Ok(Ok(result)),

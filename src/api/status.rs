@@ -103,6 +103,8 @@ impl From<crate::apply::ApplyError> for ApiError {
             ApplyError::LeaseExists => ApiError::LeaseExists,
             ApplyError::Compacted => ApiError::Compacted,
             ApplyError::FutureRevision => ApiError::FutureRevision,
+            // Only the lessor's own proposals can be stale; no client sees it.
+            ApplyError::StaleLessorTerm => ApiError::NoLeader,
         }
     }
 }

@@ -6,6 +6,10 @@
 //!   all expire while a prober puts one key at `--probe-rate` per second. Reports how long the
 //!   mass expiry took, how fast keys went, and the prober's latency before and during it: a
 //!   server whose expiry stalls it shows up in the second figure.
+//! - `watch-one-stream`: `--watchers` watches of one prefix on a single Watch stream (with
+//!   `prev_kv` unless `--no-prev-kv`), while a writer puts keys of `--key-space` under it at
+//!   `--rate` per second for `--duration` seconds. Reports events received per second and the
+//!   put-to-event latency (the put's send time travels in its value).
 //!
 //! ```sh
 //! cargo build --release --bin detcd-bench
@@ -53,13 +57,26 @@ mod bench {
     use detcd::pb::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
     use tonic::transport::Channel;
 
-    pub const USAGE: &str = "usage: detcd-bench --workload lease-expiry [--endpoints a,b] \
-        [--leases 100000] [--ttl 60] [--clients 64] [--conns 16] [--probe-rate 100] \
-        [--label text]";
+    pub const USAGE: &str = "usage: detcd-bench --workload lease-expiry|watch-one-stream \
+        [--endpoints a,b] [--leases 100000] [--ttl 60] [--clients 64] [--conns 16] \
+        [--probe-rate 100] [--watchers 1000] [--no-prev-kv] [--rate 200] [--duration 12] \
+        [--key-space 1000] [--label text]";
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Workload {
+        LeaseExpiry,
+        WatchOneStream,
+    }
 
     #[derive(Debug, Clone)]
     pub struct Options {
+        workload: Workload,
         endpoints: Vec<String>,
+        watchers: usize,
+        prev_kv: bool,
+        rate: u64,
+        duration: u64,
+        key_space: u64,
         leases: u64,
         ttl: i64,
         clients: usize,
@@ -71,7 +88,13 @@ mod bench {
     impl Options {
         pub fn parse(args: &[String]) -> Result<Options, String> {
             let mut options = Options {
+                workload: Workload::LeaseExpiry,
                 endpoints: vec!["127.0.0.1:2379".to_string()],
+                watchers: 1000,
+                prev_kv: true,
+                rate: 200,
+                duration: 12,
+                key_space: 1000,
                 leases: 100_000,
                 ttl: 60,
                 clients: 64,
@@ -82,6 +105,10 @@ mod bench {
             let mut workload = None;
             let mut args = args.iter();
             while let Some(flag) = args.next() {
+                if flag == "--no-prev-kv" {
+                    options.prev_kv = false;
+                    continue;
+                }
                 let (name, inline) = match flag.split_once('=') {
                     Some((name, value)) => (name, Some(value.to_string())),
                     None => (flag.as_str(), None),
@@ -105,14 +132,20 @@ mod bench {
                     "--conns" => options.conns = number(&value)?.max(1) as usize,
                     "--probe-rate" => options.probe_rate = number(&value)?.max(1),
                     "--label" => options.label = value,
+                    "--watchers" => options.watchers = number(&value)?.max(1) as usize,
+                    "--rate" => options.rate = number(&value)?.max(1),
+                    "--duration" => options.duration = number(&value)?.max(1),
+                    "--key-space" => options.key_space = number(&value)?.max(1),
                     other => return Err(format!("unknown flag {other}")),
                 }
             }
-            match workload.as_deref() {
-                Some("lease-expiry") => Ok(options),
-                Some(other) => Err(format!("unknown workload {other:?}")),
-                None => Err("--workload is required".to_string()),
-            }
+            options.workload = match workload.as_deref() {
+                Some("lease-expiry") => Workload::LeaseExpiry,
+                Some("watch-one-stream") => Workload::WatchOneStream,
+                Some(other) => return Err(format!("unknown workload {other:?}")),
+                None => return Err("--workload is required".to_string()),
+            };
+            Ok(options)
         }
     }
 
@@ -163,6 +196,140 @@ mod bench {
     }
 
     pub async fn run(options: Options) -> Result<String, String> {
+        match options.workload {
+            Workload::LeaseExpiry => lease_expiry(options).await,
+            Workload::WatchOneStream => watch_one_stream(options).await,
+        }
+    }
+
+    const WATCH_PREFIX: &str = "bench/watch/";
+
+    async fn watch_one_stream(options: Options) -> Result<String, String> {
+        use detcd::pb::etcdserverpb::watch_client::WatchClient;
+        use detcd::pb::etcdserverpb::watch_request::RequestUnion;
+        use detcd::pb::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+        let clock = Clock::new();
+        let endpoint = &options.endpoints[0];
+        let watch_channel = connect(endpoint).await?;
+        let write_channel = connect(endpoint).await?;
+        let (requests, receiver) = tokio::sync::mpsc::channel(options.watchers + 1);
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|request| (request, receiver))
+        });
+        let mut responses = WatchClient::new(watch_channel)
+            .watch(stream)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        for _ in 0..options.watchers {
+            let create = WatchCreateRequest {
+                key: WATCH_PREFIX.as_bytes().to_vec(),
+                range_end: b"bench/watch0".to_vec(),
+                prev_kv: options.prev_kv,
+                ..Default::default()
+            };
+            let request = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            };
+            requests.send(request).await.map_err(|e| e.to_string())?;
+        }
+        let mut created = 0;
+        while created < options.watchers {
+            match responses.message().await.map_err(|e| e.to_string())? {
+                Some(response) if response.created => created += 1,
+                Some(_) => {}
+                None => return Err("watch stream closed while creating".to_string()),
+            }
+        }
+        eprintln!("detcd-bench: {created} watchers on one stream");
+        // The writer: puts at a fixed rate; each value carries its send time.
+        let puts = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let stop_at = clock.now().plus(Duration::from_secs(options.duration));
+        let writer = {
+            let (clock, puts, errors) = (clock.clone(), puts.clone(), errors.clone());
+            let options = options.clone();
+            tokio::spawn(async move {
+                let mut kv = KvClient::new(write_channel);
+                let interval = Duration::from_micros(1_000_000 / options.rate);
+                let mut next = clock.now();
+                let mut i: u64 = 0;
+                while clock.now() < stop_at {
+                    let sent = clock.now().as_nanos();
+                    let put = PutRequest {
+                        key: format!("{WATCH_PREFIX}{:08}", (i * 7919) % options.key_space)
+                            .into_bytes(),
+                        value: format!("{sent:020}").into_bytes().into(),
+                        ..Default::default()
+                    };
+                    i += 1;
+                    match kv.put(put).await {
+                        Ok(_) => puts.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    next = next.plus(interval);
+                    let now = clock.now();
+                    if next > now {
+                        clock.sleep(next.since(now)).await;
+                    }
+                }
+            })
+        };
+        // Receive until the writer is done and every watcher has had its last event.
+        let started = clock.now();
+        let mut latencies = Vec::new();
+        let mut events: u64 = 0;
+        let mut with_prev: u64 = 0;
+        let grace = Duration::from_secs(5);
+        loop {
+            let left = stop_at.plus(grace).since(clock.now());
+            if left.is_zero() {
+                break;
+            }
+            let Ok(message) = clock.timeout(left, responses.message()).await else {
+                break;
+            };
+            let Some(response) = message.map_err(|e| e.to_string())? else {
+                break;
+            };
+            let now = clock.now().as_nanos();
+            for event in &response.events {
+                events += 1;
+                with_prev += u64::from(event.prev_kv.is_some());
+                let sent = event
+                    .kv
+                    .as_ref()
+                    .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok());
+                if let Some(sent) = sent {
+                    latencies.push(now.saturating_sub(sent) / 1000);
+                }
+            }
+            if writer.is_finished()
+                && events >= puts.load(Ordering::Relaxed) * options.watchers as u64
+            {
+                break;
+            }
+        }
+        let elapsed = clock.now().since(started).as_secs_f64();
+        let puts = puts.load(Ordering::Relaxed);
+        let expected = puts * options.watchers as u64;
+        Ok(format!(
+            "{{\"workload\":\"watch-one-stream\",\"label\":{:?},\"watchers\":{},\"prev_kv\":{},\
+             \"rate\":{},\"puts\":{puts},\"events\":{events},\"events_expected\":{expected},\
+             \"events_with_prev_kv\":{with_prev},\"events_per_sec\":{:.0},\"latency\":{},\
+             \"errors\":{}}}",
+            options.label,
+            options.watchers,
+            options.prev_kv,
+            options.rate,
+            events as f64 / elapsed,
+            summary(latencies),
+            errors.load(Ordering::Relaxed)
+        ))
+    }
+
+    async fn lease_expiry(options: Options) -> Result<String, String> {
         let clock = Clock::new();
         let mut channels = Vec::new();
         for i in 0..options.conns {

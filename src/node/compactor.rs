@@ -116,6 +116,7 @@ async fn compact(node: &Node, revision: i64) -> bool {
             revision,
             physical: false,
         })),
+        ..Default::default()
     };
     match node.write(command).await {
         Ok(response) => matches!(

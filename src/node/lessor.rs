@@ -36,7 +36,8 @@ use std::sync::Mutex;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::{Node, NodeError};
+use super::Node;
+use crate::apply::{ApplyError, CommandResult};
 use crate::env::{watch, Duration, Instant};
 use crate::mvcc::leases::LeaseEvent;
 use crate::mvcc::LeaseRecord;
@@ -343,15 +344,16 @@ impl Lessor {
         true
     }
 
-    /// The expired leases, soonest first, at most [`REVOKES_PER_TICK`]; they are never renewed
-    /// again.
+    /// The leases newly expired, soonest first, at most [`REVOKES_PER_TICK`]: the caller
+    /// proposes their revokes, and reports a failed one with [`Self::revoke_failed`]. An
+    /// expired lease is never renewed again.
     pub fn expired(&self, reading: Instant) -> Vec<i64> {
         let mut state = self.lock();
         let now = state.advance(reading);
         let mut expired: Vec<(Instant, i64)> = state
             .leases
             .iter()
-            .filter(|(_, tracked)| tracked.expiry <= now)
+            .filter(|(_, tracked)| !tracked.expired && tracked.expiry <= now)
             .map(|(&id, tracked)| (tracked.expiry, id))
             .collect();
         expired.sort();
@@ -449,6 +451,16 @@ impl Lessor {
         }
     }
 
+    /// The revoke of `id` proposed in `term` did not apply: offer it again.
+    pub fn revoke_failed(&self, term: u64, id: i64) {
+        let mut state = self.lock();
+        if state.term == term {
+            if let Some(tracked) = state.leases.get_mut(&id) {
+                tracked.expired = false;
+            }
+        }
+    }
+
     /// Not leading: forget every expiry.
     pub fn step_down(&self) {
         let mut state = self.lock();
@@ -459,9 +471,11 @@ impl Lessor {
     }
 }
 
-fn revoke(id: i64) -> Command {
+/// A revoke the lessor decided in `term`: it applies only if appended in that term.
+fn revoke(id: i64, term: u64) -> Command {
     Command {
         op: Some(command::Op::LeaseRevoke(LeaseRevokeRequest { id })),
+        lessor_term: term,
     }
 }
 
@@ -478,6 +492,11 @@ async fn expire(node: &Node) {
         if next_tick <= now {
             // Behind (a pause, a slow revoke round): go on from now rather than catch up.
             next_tick = now;
+        } else if next_tick.since(now) > TICK {
+            // The clock went back: never sleep longer than a tick (the simulation found a
+            // leader whose expiry slept through the 26 s its clock was set back).
+            next_tick = now.plus(TICK);
+            node.clock.sleep(TICK).await;
         } else {
             node.clock.sleep(next_tick.since(now)).await;
         }
@@ -509,14 +528,23 @@ async fn expire(node: &Node) {
             synced = false;
             continue;
         }
-        let expired = node.lessor.expired(node.clock.now());
-        // Proposed together (Raft batches them); one that fails is proposed again next tick,
-        // and one already revoked is refused harmlessly.
-        let revokes = expired.into_iter().map(|id| node.write(revoke(id)));
-        for result in futures::future::join_all(revokes).await {
-            if let Err(NodeError::Stopped(_)) = result {
-                return;
-            }
+        // Proposed without waiting for them (Raft batches them), so a leader cut off from the
+        // others is not held up here and notices at once when it stops leading. One that fails
+        // is offered again; one already revoked is refused harmlessly; one that waited past
+        // this term (the member lost the leadership and won it back) is refused at apply.
+        let term = status.term;
+        for id in node.lessor.expired(node.clock.now()) {
+            let node = node.clone();
+            crate::env::spawn(async move {
+                match node.write_as_leader(revoke(id, term), term).await {
+                    Ok(response)
+                        if !matches!(
+                            response.result,
+                            CommandResult::Rejected(ApplyError::StaleLessorTerm)
+                        ) => {}
+                    _ => node.lessor.revoke_failed(term, id),
+                }
+            });
         }
     }
 }
@@ -531,12 +559,18 @@ async fn checkpoint(node: &Node) {
         let mut scan = scan;
         while let Some(batch) = node.lessor.checkpoint_batch(node.clock.now(), scan) {
             scan = false;
+            // Bound to the term it was computed in, like revokes: a checkpoint computed from a
+            // stale leadership's expiries must not apply after another leader renewed the lease.
             let command = Command {
                 op: Some(command::Op::LeaseCheckpoint(LeaseCheckpointRequest {
                     checkpoints: batch.checkpoints.clone(),
                 })),
+                lessor_term: batch.term,
             };
-            let applied = node.write(command).await.is_ok();
+            let applied = matches!(
+                node.write_as_leader(command, batch.term).await,
+                Ok(response) if matches!(response.result, CommandResult::None)
+            );
             node.lessor.checkpointed(batch, applied, node.clock.now());
         }
     }
@@ -657,8 +691,16 @@ mod tests {
         tick(&lessor, 3, &two, 8, 9);
         let left = lessor.remaining(3, 2, at(9)).expect("tracked");
         assert_eq!(left.as_millis(), 3500, "4s from the sync at 8.5s");
-        tick(&lessor, 3, &two, 9, 13);
-        assert_eq!(sync(&lessor, 3, &two, at_ms(13_500)), [2]);
+        tick(&lessor, 3, &two, 9, 12);
+        assert!(
+            sync(&lessor, 3, &two, at_ms(12_500)).is_empty(),
+            "12.504s, stretched"
+        );
+        assert_eq!(sync(&lessor, 3, &two, at(13)), [2]);
+        assert!(
+            sync(&lessor, 3, &two, at_ms(13_500)).is_empty(),
+            "offered once"
+        );
         tick(&lessor, 3, &one, 13, 18);
         assert_eq!(sync(&lessor, 3, &one, at_ms(18_500)), [1]);
         lessor.step_down();
@@ -686,11 +728,18 @@ mod tests {
         assert!(!lessor.apply_events(&[(14, LeaseEvent::Reset)], at(0)));
         // Expiry in order, at most REVOKES_PER_TICK, and marked so none is renewed.
         let mut ms = 0;
-        while ms < 3_500 {
+        while ms < 3_000 {
             ms += 500;
-            lessor.expired(at_ms(ms));
+            assert!(lessor.expired(at_ms(ms)).is_empty());
         }
         assert_eq!(lessor.expired(at_ms(3_500)), [2]);
+        assert!(lessor.expired(at_ms(4_000)).is_empty(), "offered once");
+        lessor.revoke_failed(2, 2);
+        assert_eq!(
+            lessor.expired(at_ms(4_500)),
+            [2],
+            "offered again after a failure"
+        );
     }
 
     #[test]

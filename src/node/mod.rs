@@ -279,6 +279,20 @@ impl Node {
         }
     }
 
+    /// Proposes `command` only if this member leads in `term`, without waiting for a leader:
+    /// for the leader's own loops (lessor, compactor), which decide from their term's state.
+    pub async fn write_as_leader(
+        &self,
+        command: Command,
+        term: u64,
+    ) -> Result<CommandResponse, NodeError> {
+        let status = self.raft_status();
+        if status.leader != self.id || status.term != term {
+            return Err(NodeError::NoLeader);
+        }
+        self.write(command).await
+    }
+
     /// Returns once this member's state machine has applied everything acknowledged before the
     /// call: the ReadIndex barrier of a linearizable read. Only the leader can do it.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {

@@ -304,6 +304,7 @@ mod tests {
                 prev_kv: true,
                 ..Default::default()
             })),
+            lessor_term: 3,
         };
         let entries = [
             Entry {

@@ -404,6 +404,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut lease_events = Vec::new();
                 for (entry, _) in &batch {
                     let response = match &entry.payload {
+                        EntryPayload::Normal(command)
+                            if command.lessor_term != 0
+                                && command.lessor_term != entry.log_id.leader_id.term =>
+                        {
+                            CommandResponse {
+                                revision,
+                                result: CommandResult::Rejected(apply::ApplyError::StaleLessorTerm),
+                            }
+                        }
                         EntryPayload::Normal(command) => {
                             let response = apply::apply(&txn, revision, command, &mut changes)
                                 .map_err(io_error)?;
@@ -523,7 +532,10 @@ mod tests {
         let txn = db.begin_write().unwrap();
         let mut revision = INITIAL_REVISION;
         for op in ops {
-            let command = pb::Command { op: Some(op) };
+            let command = pb::Command {
+                op: Some(op),
+                ..Default::default()
+            };
             revision = apply::apply(&txn, revision, &command, &mut Vec::new())
                 .unwrap()
                 .revision;
@@ -605,7 +617,10 @@ mod tests {
     ) -> (apply::CommandResponse, Vec<mvcc::Change>) {
         let txn = db.begin_write().unwrap();
         let mut changes = Vec::new();
-        let command = pb::Command { op: Some(op) };
+        let command = pb::Command {
+            op: Some(op),
+            ..Default::default()
+        };
         let response = apply::apply(&txn, revision, &command, &mut changes).unwrap();
         write_applied_state(&txn, None, response.revision, None).unwrap();
         txn.commit().unwrap();
