@@ -213,6 +213,16 @@ mod bench {
         let endpoint = &options.endpoints[0];
         let watch_channel = connect(endpoint).await?;
         let write_channel = connect(endpoint).await?;
+        // Every key exists before the watchers start, so each event has a previous version.
+        let mut kv = KvClient::new(write_channel.clone());
+        for key in 0..options.key_space {
+            let put = PutRequest {
+                key: format!("{WATCH_PREFIX}{key:08}").into_bytes(),
+                value: b"0".to_vec().into(),
+                ..Default::default()
+            };
+            kv.put(put).await.map_err(|e| e.to_string())?;
+        }
         let (requests, receiver) = tokio::sync::mpsc::channel(options.watchers + 1);
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|request| (request, receiver))
@@ -281,6 +291,7 @@ mod bench {
         let mut latencies = Vec::new();
         let mut events: u64 = 0;
         let mut with_prev: u64 = 0;
+        let mut last_event = started;
         let grace = Duration::from_secs(5);
         loop {
             let left = stop_at.plus(grace).since(clock.now());
@@ -293,7 +304,8 @@ mod bench {
             let Some(response) = message.map_err(|e| e.to_string())? else {
                 break;
             };
-            let now = clock.now().as_nanos();
+            last_event = clock.now();
+            let now = last_event.as_nanos();
             for event in &response.events {
                 events += 1;
                 with_prev += u64::from(event.prev_kv.is_some());
@@ -311,7 +323,7 @@ mod bench {
                 break;
             }
         }
-        let elapsed = clock.now().since(started).as_secs_f64();
+        let elapsed = last_event.since(started).as_secs_f64().max(1e-9);
         let puts = puts.load(Ordering::Relaxed);
         let expected = puts * options.watchers as u64;
         Ok(format!(
