@@ -91,7 +91,7 @@ impl LeaseService {
     /// leases; until then, or while a checkpoint reset is in flight, the keep-alive waits (at
     /// most a request timeout, then `etcdserver: no leader`).
     async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
+        let deadline = self.node.clock.monotonic().plus(REQUEST_TIMEOUT);
         loop {
             let renewal = match self.leader_elsewhere() {
                 Ok(Some(leader)) => return self.forward_keep_alive(&leader, id).await,
@@ -112,7 +112,7 @@ impl LeaseService {
                     ttl,
                 });
             }
-            if self.node.clock.now() >= deadline {
+            if self.node.clock.monotonic() >= deadline {
                 return Err(ApiError::NoLeader.into());
             }
             self.node.clock.sleep(RETRY).await;
@@ -134,7 +134,7 @@ impl LeaseService {
         let renewal = match self
             .node
             .lessor
-            .renew(term, id, record, self.node.clock.now())
+            .renew(term, id, record, self.node.clock.monotonic())
         {
             RenewStep::Done(renewal) => renewal,
             // The reset was applied in this term: leadership is proven by that commit.
@@ -308,7 +308,11 @@ impl Lease for LeaseService {
             },
             Some(record) => {
                 // Whole seconds left, truncated (as etcd); a lease not yet synced has all.
-                let ttl = match self.node.lessor.remaining(term, id, self.node.clock.now()) {
+                let ttl = match self
+                    .node
+                    .lessor
+                    .remaining(term, id, self.node.clock.monotonic())
+                {
                     Some(left) => left.as_secs() as i64,
                     None => record.ttl,
                 };
@@ -339,7 +343,7 @@ impl Lease for LeaseService {
         // leader, lists its own state by ID.
         let status = self.node.raft_status();
         let term = status.term;
-        let now = self.node.clock.now();
+        let now = self.node.clock.monotonic();
         let mut order: Vec<(crate::env::Duration, i64)> = all
             .iter()
             .map(|&(id, record)| {

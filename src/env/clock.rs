@@ -35,8 +35,10 @@ const ORIGIN_NANOS: i128 = 86_400 * 1_000_000_000;
 
 #[derive(Debug)]
 struct Skew {
-    /// Added to every reading; moved by `jump`.
+    /// Added to every `now` reading; moved by `jump` (a step, as NTP makes).
     offset_nanos: i64,
+    /// Added to every reading; keeps both continuous when the drift changes.
+    rebase_nanos: i64,
     /// Parts per million by which this clock runs fast (positive) or slow (negative).
     drift_ppm: i64,
 }
@@ -60,19 +62,35 @@ impl Clock {
             base: tokio::time::Instant::now(),
             skew: Arc::new(Mutex::new(Skew {
                 offset_nanos: 0,
+                rebase_nanos: 0,
                 drift_ppm: 0,
             })),
         }
     }
 
-    /// Now, on this node's monotonic clock. Never goes backwards unless a test jumps it back.
+    /// Now, on this node's clock: its rate (drift) and its steps (jumps). For timers that may
+    /// follow the clock a machine's operator or NTP sets (deadlines, periodic compaction).
     pub fn now(&self) -> Instant {
+        let (monotonic, offset) = self.read();
+        Instant((monotonic + offset as i128).max(0) as u64)
+    }
+
+    /// Now, on this node's monotonic clock: its rate (drift) but never its steps, as
+    /// `CLOCK_MONOTONIC` is slewed but never stepped. Lease expiry is measured on this.
+    pub fn monotonic(&self) -> Instant {
+        Instant(self.read().0.max(0) as u64)
+    }
+
+    fn read(&self) -> (i128, i64) {
         let elapsed = tokio::time::Instant::now()
             .duration_since(self.base)
             .as_nanos() as i128;
         let skew = self.skew.lock().expect("clock skew lock");
         let drifted = elapsed + elapsed * skew.drift_ppm as i128 / 1_000_000;
-        Instant((ORIGIN_NANOS + drifted + skew.offset_nanos as i128).max(0) as u64)
+        (
+            ORIGIN_NANOS + drifted + skew.rebase_nanos as i128,
+            skew.offset_nanos,
+        )
     }
 
     /// Sleeps for `duration` as measured by this node's clock.
@@ -98,13 +116,11 @@ impl Clock {
 
     /// Makes this clock run fast or slow by `ppm` parts per million. Harness only.
     pub fn set_drift_ppm(&self, ppm: i64) {
-        // Re-base the offset so the reading is continuous across the drift change.
-        let before = self.now();
-        let mut skew = self.skew.lock().expect("clock skew lock");
-        skew.drift_ppm = ppm;
-        drop(skew);
-        let after = self.now();
-        self.jump(before.0 as i64 - after.0 as i64);
+        // Re-base so both readings are continuous across the drift change.
+        let before = self.monotonic();
+        self.skew.lock().expect("clock skew lock").drift_ppm = ppm;
+        let after = self.monotonic();
+        self.skew.lock().expect("clock skew lock").rebase_nanos += before.0 as i64 - after.0 as i64;
     }
 
     fn to_true_duration(&self, duration: Duration) -> Duration {
@@ -124,3 +140,23 @@ impl std::fmt::Display for Elapsed {
     }
 }
 impl std::error::Error for Elapsed {}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_move_now_but_never_the_monotonic_clock() {
+        let clock = Clock::new();
+        let (now, monotonic) = (clock.now(), clock.monotonic());
+        clock.jump(30_000_000_000);
+        assert!(clock.now().since(now) >= Duration::from_secs(30));
+        assert!(clock.monotonic().since(monotonic) < Duration::from_secs(1));
+        clock.jump(-60_000_000_000);
+        assert!(clock.monotonic() >= monotonic, "the monotonic clock never goes back");
+        // A drift change keeps both continuous.
+        let before = clock.monotonic();
+        clock.set_drift_ppm(1000);
+        assert!(clock.monotonic().since(before) < Duration::from_secs(1));
+    }
+}

@@ -20,11 +20,13 @@
 //!   computed before it.
 //! - **An expired lease is never renewed**: renewal and expiry decide under one lock, so once
 //!   the leader has decided to revoke, keep-alives answer TTL 0.
-//! - **Clock faults.** Every duration the lessor measures is stretched by [`MAX_DRIFT_PPM`], so a
-//!   clock running fast within that bound never expires a lease early. Lessor time advances by at
-//!   most [`MAX_STEP`] between two readings of the clock, so a clock that jumps forward (or a
-//!   process resumed after a pause) cannot expire every lease at once (etcd#15247); it only makes
-//!   expiry later.
+//! - **Clock faults.** Lease time is the member's monotonic clock (`Clock::monotonic`: its
+//!   rate, never its steps, as `CLOCK_MONOTONIC`), so setting the clock moves no expiry (the
+//!   simulation found both a step forward expiring leases early and a step back making the
+//!   expiry loop oversleep when the lessor read the stepped clock). Every duration is stretched
+//!   by [`MAX_DRIFT_PPM`], so a clock running fast within that bound never expires a lease early.
+//!   Lessor time advances by at most [`MAX_STEP`] between two readings, so a process resumed
+//!   after a pause cannot expire every lease at once (etcd#15247); it only makes expiry later.
 //!
 //! The expiry loop (every [`TICK`]): on taking over, read every lease once; then follow the
 //! grants and revokes the state machine applies (its [`LeaseFeed`](crate::mvcc::leases::LeaseFeed)),
@@ -484,19 +486,14 @@ fn revoke(id: i64, term: u64) -> Command {
 /// applied since, and revoke what expired.
 async fn expire(node: &Node) {
     let feed = &node.state_machine.leases;
-    let mut next_tick = node.clock.now();
+    let mut next_tick = node.clock.monotonic();
     let mut synced = false;
     loop {
         next_tick = next_tick.plus(TICK);
-        let now = node.clock.now();
+        let now = node.clock.monotonic();
         if next_tick <= now {
             // Behind (a pause, a slow revoke round): go on from now rather than catch up.
             next_tick = now;
-        } else if next_tick.since(now) > TICK {
-            // The clock went back: never sleep longer than a tick (the simulation found a
-            // leader whose expiry slept through the 26 s its clock was set back).
-            next_tick = now.plus(TICK);
-            node.clock.sleep(TICK).await;
         } else {
             node.clock.sleep(next_tick.since(now)).await;
         }
@@ -521,10 +518,14 @@ async fn expire(node: &Node) {
             let Ok((index, all)) = node.state_machine.lease_snapshot().await else {
                 continue;
             };
-            node.lessor.sync(status.term, index, &all, node.clock.now());
+            node.lessor
+                .sync(status.term, index, &all, node.clock.monotonic());
             synced = true;
         }
-        if !node.lessor.apply_events(&feed.drain(), node.clock.now()) {
+        if !node
+            .lessor
+            .apply_events(&feed.drain(), node.clock.monotonic())
+        {
             synced = false;
             continue;
         }
@@ -533,7 +534,7 @@ async fn expire(node: &Node) {
         // is offered again; one already revoked is refused harmlessly; one that waited past
         // this term (the member lost the leadership and won it back) is refused at apply.
         let term = status.term;
-        for id in node.lessor.expired(node.clock.now()) {
+        for id in node.lessor.expired(node.clock.monotonic()) {
             let node = node.clone();
             crate::env::spawn(async move {
                 match node.write_as_leader(revoke(id, term), term).await {
@@ -557,7 +558,7 @@ async fn checkpoint(node: &Node) {
             _ = node.clock.sleep(CHECKPOINT_TICK) => true,
         };
         let mut scan = scan;
-        while let Some(batch) = node.lessor.checkpoint_batch(node.clock.now(), scan) {
+        while let Some(batch) = node.lessor.checkpoint_batch(node.clock.monotonic(), scan) {
             scan = false;
             // Bound to the term it was computed in, like revokes: a checkpoint computed from a
             // stale leadership's expiries must not apply after another leader renewed the lease.
@@ -571,7 +572,8 @@ async fn checkpoint(node: &Node) {
                 node.write_as_leader(command, batch.term).await,
                 Ok(response) if matches!(response.result, CommandResult::None)
             );
-            node.lessor.checkpointed(batch, applied, node.clock.now());
+            node.lessor
+                .checkpointed(batch, applied, node.clock.monotonic());
         }
     }
 }
