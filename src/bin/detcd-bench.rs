@@ -227,11 +227,8 @@ mod bench {
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|request| (request, receiver))
         });
-        let mut responses = WatchClient::new(watch_channel)
-            .watch(stream)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
+        // Queued before the call: a Go gRPC server sends its headers only with its first
+        // message, so awaiting the call first would wait forever on etcd.
         for _ in 0..options.watchers {
             let create = WatchCreateRequest {
                 key: WATCH_PREFIX.as_bytes().to_vec(),
@@ -244,6 +241,11 @@ mod bench {
             };
             requests.send(request).await.map_err(|e| e.to_string())?;
         }
+        let mut responses = WatchClient::new(watch_channel)
+            .watch(stream)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
         let mut created = 0;
         while created < options.watchers {
             match responses.message().await.map_err(|e| e.to_string())? {

@@ -153,7 +153,10 @@ mod tests {
         assert!(clock.now().since(now) >= Duration::from_secs(30));
         assert!(clock.monotonic().since(monotonic) < Duration::from_secs(1));
         clock.jump(-60_000_000_000);
-        assert!(clock.monotonic() >= monotonic, "the monotonic clock never goes back");
+        assert!(
+            clock.monotonic() >= monotonic,
+            "the monotonic clock never goes back"
+        );
         // A drift change keeps both continuous.
         let before = clock.monotonic();
         clock.set_drift_ppm(1000);
