@@ -211,8 +211,7 @@ impl StateMachine {
         .await
     }
 
-    fn dump(db: &Database) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
-        let txn = db.begin_read().map_err(io_error)?;
+    fn dump(txn: &redb::ReadTransaction) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
         let meta_table = txn.open_table(SM_META).map_err(io_error)?;
         let state = read_applied_state(&meta_table)?;
         let mut data = pb::SnapshotData {
@@ -344,7 +343,11 @@ fn keep_newest(current: &Mutex<Option<Snapshot>>, snapshot: Snapshot) {
 
 /// Builds a snapshot from the view captured when it was created.
 pub struct SnapshotBuilder {
-    snapshot: Option<Snapshot>,
+    /// A consistent view of the state machine, taken when openraft asked for the builder; the
+    /// dump itself runs in `build_snapshot`, which openraft runs off the apply path, so writes
+    /// go on meanwhile (dumping in `get_snapshot_builder` stalled every write for the whole
+    /// dump: 47 ms with snapshots every 2,000 entries, ~100 ms on a 100k-key state).
+    view: Option<redb::ReadTransaction>,
     current_snapshot: Arc<Mutex<Option<Snapshot>>>,
 }
 
@@ -352,10 +355,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let snapshot = self
-            .snapshot
+        let view = self
+            .view
             .take()
-            .ok_or_else(|| io_error("snapshot builder used twice"))?;
+            .ok_or_else(|| io_error("snapshot builder used twice, or no view to build from"))?;
+        let (meta, snapshot) = env::blocking(move || StateMachine::dump(&view)).await?;
+        let snapshot = Snapshot { meta, snapshot };
         keep_newest(&self.current_snapshot, snapshot.clone());
         Ok(snapshot)
     }
@@ -466,12 +471,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let db = self.db.clone();
-        let dumped = env::blocking(move || Self::dump(&db)).await;
         SnapshotBuilder {
-            snapshot: dumped
-                .ok()
-                .map(|(meta, snapshot)| Snapshot { meta, snapshot }),
+            view: self.db.begin_read().ok(),
             current_snapshot: self.current_snapshot.clone(),
         }
     }
@@ -592,7 +593,7 @@ mod tests {
                 put("a", "3"),
             ],
         );
-        let (meta, bytes) = StateMachine::dump(&source).unwrap();
+        let (meta, bytes) = StateMachine::dump(&source.begin_read().unwrap()).unwrap();
         let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
         assert_eq!(data.compacted, Some(4));
         let target = database();
@@ -762,7 +763,7 @@ mod tests {
                 checkpoint(5, 42),
             ],
         );
-        let (meta, bytes) = StateMachine::dump(&source).unwrap();
+        let (meta, bytes) = StateMachine::dump(&source.begin_read().unwrap()).unwrap();
         let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
         let target = database();
         apply_all(&target, vec![grant(9, 5), put("old", 9)]);
