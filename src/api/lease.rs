@@ -121,10 +121,9 @@ impl LeaseService {
 
     /// Renews `id` on this member as the leader; `None` when it cannot answer yet.
     async fn renew_as_leader(&self, id: i64) -> Result<Option<Renewal>, Status> {
-        if !self.node.leads_with_quorum() {
+        let Some(term) = self.node.leads_with_quorum() else {
             return Ok(None);
-        }
-        let term = self.node.raft_status().term;
+        };
         let record = self
             .node
             .state_machine

@@ -196,20 +196,21 @@ impl Node {
     /// from it refuses to vote for anyone else for twice that (openraft's leader lease). A
     /// leader cut off by a partition stops answering keep-alives when this turns false, before
     /// a new leader starts counting the TTLs down.
-    pub fn leads_with_quorum(&self) -> bool {
+    ///
+    /// Answers the term it leads in, read from the same metrics as the quorum contact.
+    pub fn leads_with_quorum(&self) -> Option<u64> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         if metrics.current_leader != Some(self.id) {
-            return false;
+            return None;
         }
         let membership = metrics.membership_config.membership();
-        if membership.voter_ids().count() <= 1 {
-            return true;
-        }
-        metrics.last_quorum_acked.as_ref().is_some_and(|acked| {
-            let now = <crate::env::runtime::RuntimeInstant as openraft_rt::Instant>::now();
-            now - **acked < self.election_timeout
-        })
+        let fresh = membership.voter_ids().count() <= 1
+            || metrics.last_quorum_acked.as_ref().is_some_and(|acked| {
+                let now = <crate::env::runtime::RuntimeInstant as openraft_rt::Instant>::now();
+                now - **acked < self.election_timeout
+            });
+        fresh.then_some(metrics.current_term)
     }
 
     /// The leader this member knows of, if any.
