@@ -131,7 +131,9 @@ impl Kv for KvService {
         let forwarded = forward::is_forwarded(&request);
         let request = request.into_inner();
         validate::range(&request, self.limits.max_request_bytes)?;
-        if !request.serializable {
+        let stale_bug = crate::env::bugs::enabled(crate::env::bugs::Bug::StaleFollowerRead)
+            && self.node.leader() != Some(self.node.id);
+        if !request.serializable && !stale_bug {
             if let Some(leader) = self.barrier(forwarded).await? {
                 forward_to!(self, leader, range, request);
             }

@@ -8,8 +8,10 @@
 //! Architecture Invariant: no file outside `src/env/` names `std::time`, `std::thread`, `std::fs`,
 //! `std::net`, `rand` or `spawn_blocking` (enforced by `.clippy.toml` and the tidy test).
 
+pub mod bugs;
 pub mod clock;
 pub mod disk;
+pub mod probe;
 pub mod rng;
 pub mod runtime;
 pub mod sim_disk;

@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::Node;
 use crate::apply::{ApplyError, CommandResult};
+use crate::env::bugs::{self, Bug};
 use crate::env::{watch, Duration, Instant};
 use crate::mvcc::leases::LeaseEvent;
 use crate::mvcc::LeaseRecord;
@@ -245,7 +246,7 @@ impl Lessor {
         if tracked.expired || tracked.expiry <= now {
             return RenewStep::Done(Renewal::Expired);
         }
-        if tracked.checkpointed {
+        if tracked.checkpointed && !bugs::enabled(Bug::CheckpointNotReset) {
             let (sender, receiver) = oneshot::channel();
             state.resets.push((id, sender));
             self.wake.notify_one();

@@ -118,7 +118,9 @@ impl Node {
             // machine are only as new as its last fsync, which may predate writes it had
             // acknowledged, and a ReadIndex from them would serve stale reads. Without restore
             // it wins a new term and commits in it first (`leader_crash_after_ack` scenario).
-            enable_leader_restore: Some(false),
+            enable_leader_restore: Some(crate::env::bugs::enabled(
+                crate::env::bugs::Bug::LeaderRestore,
+            )),
             ..Default::default()
         }
         .validate()
@@ -150,6 +152,7 @@ impl Node {
         let state_machine = StateMachine::open(db.clone())
             .await
             .map_err(|e| StorageError(format!("open state machine: {e}")))?;
+        crate::env::probe::record(|| crate::env::probe::Probe::Started);
         let raft = DetcdRaft::new(
             config.id,
             Arc::new(raft_config),
@@ -206,6 +209,7 @@ impl Node {
         }
         let membership = metrics.membership_config.membership();
         let fresh = membership.voter_ids().count() <= 1
+            || crate::env::bugs::enabled(crate::env::bugs::Bug::KeepAliveWithoutQuorum)
             || metrics.last_quorum_acked.as_ref().is_some_and(|acked| {
                 let now = <crate::env::runtime::RuntimeInstant as openraft_rt::Instant>::now();
                 now - **acked < self.election_timeout
@@ -301,6 +305,9 @@ impl Node {
         let leader = self.wait_for_leader(deadline).await;
         if leader != Some(self.id) {
             return Err(self.redirect(leader));
+        }
+        if crate::env::bugs::enabled(crate::env::bugs::Bug::LeaderReadWithoutQuorum) {
+            return Ok(());
         }
         let remaining = deadline.since(self.clock.now());
         match self

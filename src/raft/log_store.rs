@@ -20,6 +20,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::{io_error, Entry, LogId, Membership, TypeConfig, Vote};
+use crate::env::bugs::{self, Bug};
+use crate::env::probe::{self, Probe};
 use crate::env::{self, Disk};
 use crate::pb::raft as pb;
 use crate::storage::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
@@ -197,11 +199,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let bytes = codec::vote_to_pb(vote).encode_to_vec();
-        self.write(Durability::Immediate, move |txn| {
-            put_meta(txn, META_VOTE, &bytes)
-        })
-        .await
+        let pb = codec::vote_to_pb(vote);
+        let bytes = pb.encode_to_vec();
+        if !bugs::enabled(Bug::VoteNotDurable) {
+            self.write(Durability::Immediate, move |txn| {
+                put_meta(txn, META_VOTE, &bytes)
+            })
+            .await?;
+        }
+        probe::record(|| Probe::Vote {
+            term: pb.term,
+            voted_for: pb.voted_for.unwrap_or(0),
+            committed: pb.committed,
+        });
+        Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -237,8 +248,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 )
             })
             .collect();
+        let durability = if bugs::enabled(Bug::AckBeforeDurable) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
         let result = self
-            .write(Durability::Immediate, move |txn| {
+            .write(durability, move |txn| {
                 let mut table = txn.open_table(RAFT_LOG).map_err(io_error)?;
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice()).map_err(io_error)?;

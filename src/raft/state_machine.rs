@@ -21,6 +21,7 @@ use super::codec;
 use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{self, CommandResponse, CommandResult};
 use crate::env;
+use crate::env::probe::{self, Probe};
 use crate::mvcc::leases::{LeaseEvent, LeaseFeed};
 use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
@@ -444,6 +445,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         },
                     };
                     last_applied = Some(entry.log_id);
+                    probe::record(|| Probe::Applied {
+                        index: entry.log_id.index,
+                        term: entry.log_id.leader_id.term,
+                        // The Debug form: protobuf maps encode in hash order.
+                        digest: probe::digest(format!("{:?}", entry.payload).as_bytes()),
+                    });
                     responses.push(response);
                 }
                 write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;

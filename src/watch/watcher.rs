@@ -10,6 +10,7 @@
 use prost::Message;
 
 use crate::apply::key_value;
+use crate::env::bugs::{self, Bug};
 use crate::mvcc::{Change, HistoryEvent, KeyRange};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchResponse};
@@ -57,7 +58,17 @@ impl Watcher {
             id,
             range: KeyRange::new(key, request.range_end.clone()),
             next: if request.start_revision > 0 {
-                request.start_revision
+                let past = request.start_revision <= current;
+                if past && bugs::enabled(Bug::WatchSkipsOnResume) {
+                    request.start_revision + 1
+                } else if past
+                    && request.start_revision > 1
+                    && bugs::enabled(Bug::WatchRepeatsOnResume)
+                {
+                    request.start_revision - 1
+                } else {
+                    request.start_revision
+                }
             } else {
                 current + 1
             },

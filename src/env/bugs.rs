@@ -1,0 +1,83 @@
+//! Known bugs, put back on demand, so that the simulator can show it catches each of them (the
+//! sensitivity test in `madsim-tests/sim/sensitivity.rs`).
+//!
+//! Every one is a mistake that Raft or etcd implementations have really made, at the line of detcd
+//! where it would be made. They exist only under `--cfg madsim`: in a real build [`enabled`] is a
+//! constant `false` and every check folds away. A simulation turns one on for its own thread
+//! (madsim runs a whole simulated cluster on one thread), so parallel tests never see each other's.
+
+/// A re-introducible bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The log store tells Raft an append is flushed before it is fsynced: a leader counts itself
+    /// in a majority with entries a power loss can take back.
+    AckBeforeDurable,
+    /// Votes never reach the disk (kept in memory only): a restarted member is back in its first
+    /// term, forgets whom it voted for, and can vote again in a term it already voted in.
+    VoteNotDurable,
+    /// A linearizable read on a follower is served from its own state machine, without a
+    /// ReadIndex barrier through the leader.
+    StaleFollowerRead,
+    /// A restarted leader resumes its old term from the commit index it remembers, which may
+    /// predate writes it acknowledged (openraft's `enable_leader_restore`).
+    LeaderRestore,
+    /// A watch from a past revision starts one revision late: a client that resumes after a
+    /// failure misses the event at its resume revision.
+    WatchSkipsOnResume,
+    /// A watch from a past revision starts one revision early: a client that resumes after a
+    /// failure gets the event before its resume revision a second time.
+    WatchRepeatsOnResume,
+    /// A keep-alive is answered by a leader that has lost its quorum (etcd#15247's kind): a new
+    /// leader elsewhere may let the lease expire while the client believes it renewed.
+    KeepAliveWithoutQuorum,
+    /// A renewal of a checkpointed lease is acknowledged without resetting the checkpoint through
+    /// Raft: the next leader starts from the stale remaining time and expires the lease early.
+    CheckpointNotReset,
+    /// A leader serves a linearizable read from its own state without confirming through a
+    /// quorum that it still leads: a deposed leader cut off by a partition answers stale data.
+    LeaderReadWithoutQuorum,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 9] = [
+        Bug::AckBeforeDurable,
+        Bug::VoteNotDurable,
+        Bug::StaleFollowerRead,
+        Bug::LeaderRestore,
+        Bug::WatchSkipsOnResume,
+        Bug::WatchRepeatsOnResume,
+        Bug::KeepAliveWithoutQuorum,
+        Bug::CheckpointNotReset,
+        Bug::LeaderReadWithoutQuorum,
+    ];
+
+    #[cfg(madsim)]
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+#[cfg(madsim)]
+thread_local! {
+    static ENABLED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Turns `bug` on for the rest of this thread's simulation (`None`: every bug off).
+#[cfg(madsim)]
+pub fn enable(bug: Option<Bug>) {
+    ENABLED.with(|enabled| enabled.set(bug.map_or(0, Bug::bit)));
+}
+
+/// Whether `bug` is on. Always `false` outside the simulation.
+#[inline]
+pub fn enabled(bug: Bug) -> bool {
+    #[cfg(madsim)]
+    {
+        ENABLED.with(|enabled| enabled.get() & bug.bit() != 0)
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = bug;
+        false
+    }
+}
