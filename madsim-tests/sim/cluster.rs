@@ -81,6 +81,8 @@ impl Cluster {
 
     /// Starts `size` members, each with etcd flags `extra` added, and one client host.
     pub fn start_with_flags(size: usize, extra: &[&str]) -> Cluster {
+        // Observations of an earlier run on this thread are not this cluster's.
+        detcd::env::probe::take();
         let handle = Handle::current();
         let mut members = Vec::new();
         for index in 0..size {
@@ -546,6 +548,75 @@ impl Cluster {
     pub fn jump_clock(&mut self, member: usize, millis: i64) {
         self.members[member].clock.jump(millis * 1_000_000);
         self.record(format!("clock jump m{} {millis}ms", member + 1));
+    }
+
+    /// Cuts the link from `from` to `to` only: `to` still reaches `from` (a one-way partition).
+    pub fn clog_one_way(&mut self, from: usize, to: usize) {
+        let (a, b) = (self.members[from].node.id(), self.members[to].node.id());
+        NetSim::current().clog_link(a, b);
+        self.record(format!("clog m{} -> m{}", from + 1, to + 1));
+    }
+
+    /// A bridge: `left` and `right` cannot reach each other, and every other member reaches both.
+    pub fn bridge(&mut self, left: &[usize], right: &[usize]) {
+        let net = NetSim::current();
+        for &l in left {
+            for &r in right {
+                let (a, b) = (self.members[l].node.id(), self.members[r].node.id());
+                net.clog_link(a, b);
+                net.clog_link(b, a);
+            }
+        }
+        self.record(format!("bridge {left:?} | {right:?}"));
+    }
+
+    /// Every message between hosts (clients included) is lost with probability `loss` and takes
+    /// a latency drawn from `latency` (madsim's default: no loss, 1–10 ms).
+    pub fn set_network(&mut self, loss: f64, latency: std::ops::Range<Duration>) {
+        NetSim::current().update_config(|config| {
+            config.packet_loss_rate = loss;
+            config.send_latency = latency.clone();
+        });
+        self.record(format!("network loss {loss} latency {latency:?}"));
+    }
+
+    /// `member`'s fsyncs take `latency` (a slow or stalling disk).
+    pub fn slow_disk(&mut self, member: usize, latency: Duration) {
+        self.members[member].disk.set_sync_latency(latency);
+        self.record(format!("disk m{} fsync {latency:?}", member + 1));
+    }
+
+    /// `member`'s disk fails reads, writes or fsyncs with EIO (`which`: 0, 1, 2) until cleared.
+    pub fn fail_disk(&mut self, member: usize, which: u8) {
+        let disk = &self.members[member].disk;
+        match which {
+            0 => disk.set_fail_reads(true),
+            1 => disk.set_fail_writes(true),
+            _ => disk.set_fail_syncs(true),
+        }
+        self.record(format!("disk m{} EIO {which}", member + 1));
+    }
+
+    /// Clears `member`'s disk faults (EIO and latency).
+    pub fn clear_disk(&mut self, member: usize) {
+        let disk = &self.members[member].disk;
+        disk.set_fail_reads(false);
+        disk.set_fail_writes(false);
+        disk.set_fail_syncs(false);
+        disk.set_sync_latency(detcd::env::sim_disk::DEFAULT_SYNC_LATENCY);
+        self.record(format!("disk m{} healthy", member + 1));
+    }
+
+    /// The madsim host id of every member, for the Raft checker's probes.
+    pub fn host_names(&self) -> Vec<(u64, String)> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let id: u64 = m.node.id().to_string().parse().expect("numeric node id");
+                (id, format!("m{}", i + 1))
+            })
+            .collect()
     }
 
     /// Restores every link between members.

@@ -11,9 +11,14 @@
 // Test code drives real processes and threads: the seam rule (.clippy.toml) is for src/.
 #![allow(clippy::disallowed_methods)]
 
+mod chaos;
+mod check;
 mod cluster;
+mod history;
 mod lease;
+mod nemesis;
 mod scenarios;
+mod sensitivity;
 mod watch;
 
 use std::future::Future;
@@ -45,10 +50,20 @@ fn seeds() -> Vec<u64> {
     seeds
 }
 
+/// The one command that replays `test` on `seed` (the options and the schedule follow from the
+/// seed), and the commit it must be run at.
 fn replay_command(test: &str, seed: u64) -> String {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
     format!(
         "DETCD_SIM_SEED={seed} RUSTFLAGS=\"--cfg madsim\" cargo test --target-dir target/madsim \
-         --test sim -- --exact {test} --nocapture"
+         --test sim -- --exact {test} --nocapture   (at commit {commit}; DETCD_SIM_TRACE=1 prints \
+         the trace)"
     )
 }
 
@@ -58,12 +73,34 @@ fn run_seed<F>(seed: u64, scenario: fn() -> F) -> std::thread::Result<u64>
 where
     F: Future<Output = u64> + 'static,
 {
-    std::thread::spawn(move || {
-        let mut runtime = Runtime::with_seed_and_config(seed, Config::default());
-        runtime.set_time_limit(Duration::from_secs(600));
-        runtime.block_on(scenario())
-    })
-    .join()
+    run_seed_with(seed, scenario, None, "seed").map(|(hash, _)| hash)
+}
+
+/// [`run_seed`] with `bug` re-introduced, on a thread named `thread`; also answers the
+/// simulated time the run took.
+fn run_seed_with<F>(
+    seed: u64,
+    scenario: fn() -> F,
+    bug: Option<detcd::env::bugs::Bug>,
+    thread: &str,
+) -> std::thread::Result<(u64, Duration)>
+where
+    F: Future<Output = u64> + 'static,
+{
+    std::thread::Builder::new()
+        .name(thread.to_string())
+        .spawn(move || {
+            let mut runtime = Runtime::with_seed_and_config(seed, Config::default());
+            runtime.set_time_limit(Duration::from_secs(600));
+            runtime.block_on(async move {
+                detcd::env::bugs::enable(bug);
+                let started = madsim::time::Instant::now();
+                let hash = scenario().await;
+                (hash, started.elapsed())
+            })
+        })
+        .expect("a thread for the seed")
+        .join()
 }
 
 /// Runs `scenario` on every seed; on failure prints the seed and its replay command.
@@ -95,9 +132,15 @@ where
     F: Future<Output = u64> + 'static,
 {
     assert!(!seeds.is_empty(), "no seeds to run");
+    let wall = std::time::Instant::now();
+    let mut simulated = Duration::ZERO;
+    let count = seeds.len();
     for seed in seeds {
-        match run_seed(seed, scenario) {
-            Ok(trace_hash) => println!("{test}: seed {seed} ok, trace {trace_hash:016x}"),
+        match run_seed_with(seed, scenario, None, "seed") {
+            Ok((trace_hash, took)) => {
+                simulated += took;
+                println!("{test}: seed {seed} ok, trace {trace_hash:016x}, simulated {took:.1?}");
+            }
             Err(panic) => {
                 eprintln!(
                     "\n{test}: FAILED on seed {seed}\nreplay: {}\n",
@@ -107,6 +150,14 @@ where
             }
         }
     }
+    let wall = wall.elapsed();
+    println!(
+        "{test}: {count} seeds ok, {:.0} simulated minutes in {:.1} wall seconds ({:.1} simulated \
+         seconds per wall second)",
+        simulated.as_secs_f64() / 60.0,
+        wall.as_secs_f64(),
+        simulated.as_secs_f64() / wall.as_secs_f64()
+    );
 }
 
 /// One seed, three times: under madsim's checker (which compares every random draw of two
@@ -221,6 +272,18 @@ fn partitioned_leader_stops_acknowledging() {
     );
 }
 
+/// The chaos sweep: a fault schedule, a workload and every checker per seed (200 by default).
+#[test]
+fn chaos() {
+    let mut seeds = seeds();
+    if std::env::var("DETCD_SIM_SEEDS").is_err() && std::env::var("DETCD_SIM_SEED").is_err() {
+        let random = seeds.pop().expect("the random seed");
+        seeds = (1..=200).collect();
+        seeds.push(random);
+    }
+    sweep_seeds("chaos", chaos::chaos, seeds);
+}
+
 #[test]
 fn determinism() {
     let seed = seeds()[0];
@@ -229,4 +292,14 @@ fn determinism() {
     check_determinism("crash_recovery", seed, scenarios::crash_recovery);
     check_determinism("watch_under_faults", seed, scenarios::watch_under_faults);
     check_determinism("leases_under_faults", seed, lease::leases_under_faults);
+    // The chaos sweep's whole pipeline (options, schedule, history, checkers) on a sample.
+    for chaos_seed in [seed, seed + 100, seed + 1000] {
+        check_determinism("chaos", chaos_seed, chaos::chaos);
+    }
+}
+
+/// Each known bug of `detcd::env::bugs`, re-introduced, is caught within 1,000 seeds.
+#[test]
+fn sensitivity() {
+    sensitivity::run();
 }

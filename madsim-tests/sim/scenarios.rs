@@ -11,7 +11,7 @@ use detcd::env::sim_disk::CrashMode;
 use madsim::rand::Rng;
 
 use crate::cluster::Cluster;
-use crate::watch::{check, check_reference, spawn_load, Received, Seen, Spec, Watcher};
+use crate::watch::{check_watchers, spawn_load, Received, Seen, Spec, Watcher};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
@@ -98,7 +98,7 @@ pub async fn leader_killed() -> u64 {
     cluster.restart(leader);
     wait_converged(&cluster, leader, &acked).await;
     assert_visible(&mut cluster, &ALL, &acked).await;
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -145,7 +145,7 @@ pub async fn leader_partitioned() -> u64 {
             "the cut-off leader's write became visible"
         );
     }
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -184,7 +184,7 @@ pub async fn crash_recovery() -> u64 {
     for member in ALL {
         wait_converged(&cluster, member, &acked).await;
     }
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -209,7 +209,7 @@ pub async fn group_commit() -> u64 {
         (syncs as usize) * 4 <= puts,
         "{syncs} leader fsyncs for {puts} concurrent puts: writes are not batched"
     );
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -236,43 +236,8 @@ pub async fn leader_crash_after_ack() -> u64 {
             "round {round}: a linearizable read after the leader's restart missed an acknowledged write: {read:?}"
         );
     }
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
-}
-
-/// The state checker: every member reaches the highest revision any of `members` has applied,
-/// and then all have the same history up to it, compared by etcd's `HashKV` at that revision.
-async fn assert_same_history(cluster: &Cluster, members: &[usize]) {
-    let current = |member: usize| async move {
-        let hash = cluster.hash_kv(member, 0).await;
-        hash.ok().and_then(|h| h.header).map_or(0, |h| h.revision)
-    };
-    let mut at = 0;
-    for &member in members {
-        at = at.max(current(member).await);
-    }
-    assert!(at > 1, "no member answers a revision");
-    for &member in members {
-        cluster
-            .wait_until(
-                "every member applies the newest revision",
-                Duration::from_secs(30),
-                || async move { current(member).await >= at },
-            )
-            .await;
-    }
-    let mut hashes = Vec::new();
-    for &member in members {
-        let hash = cluster
-            .hash_kv(member, at)
-            .await
-            .unwrap_or_else(|e| panic!("HashKV at {at} on m{}: {e}", member + 1));
-        hashes.push((hash.hash, hash.compact_revision));
-    }
-    assert!(
-        hashes.windows(2).all(|pair| pair[0] == pair[1]),
-        "members disagree on history at revision {at}: {hashes:?}"
-    );
 }
 
 /// Overwrites `keys` keys `rounds` times through `member`, making history.
@@ -326,7 +291,7 @@ pub async fn auto_compaction_by_revision() -> u64 {
             member + 1
         );
     }
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
 
     let follower = others(leader)[0];
     // The revision of the last acknowledged put: a follower's own HashKV may not have applied
@@ -351,7 +316,7 @@ pub async fn auto_compaction_by_revision() -> u64 {
             },
         )
         .await;
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -410,7 +375,7 @@ pub async fn auto_compaction_periodic() -> u64 {
         compactions[1].0 >= 120.0,
         "compactions a minute apart: {compactions:?}"
     );
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -520,64 +485,8 @@ pub async fn watch_under_faults() -> u64 {
     };
     let watchers: Vec<(&str, &Watcher)> = watchers.iter().map(|(n, w)| (*n, w)).collect();
     check_watchers(&mut cluster, leader, last, &watchers).await;
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
-}
-
-/// Waits until each of `watchers` has seen revision `last`, then checks every one against the
-/// reference history — a fresh watch of the same prefix from revision 1 on `member`, itself
-/// checked by replay — and records what was checked in the trace.
-async fn check_watchers(
-    cluster: &mut Cluster,
-    member: usize,
-    last: i64,
-    watchers: &[(&str, &Watcher)],
-) {
-    for (name, watcher) in watchers {
-        cluster
-            .wait_until(
-                &format!("watcher {name} reaches revision {last}"),
-                Duration::from_secs(120),
-                || async { watcher.last_revision() >= last },
-            )
-            .await;
-    }
-    let spec = Spec {
-        prefix: watchers[0].1.spec.prefix.clone(),
-        start_revision: 1,
-        prev_kv: true,
-        no_delete: false,
-        progress_every: None,
-        progress_notify: false,
-    };
-    let reference = Watcher::spawn(
-        cluster.client_host(),
-        vec![cluster.endpoint(member)],
-        0,
-        spec,
-    );
-    cluster
-        .wait_until(
-            "the reference watch reaches the last revision",
-            Duration::from_secs(60),
-            || async { reference.last_revision() >= last },
-        )
-        .await;
-    let reference = reference.events();
-    check_reference(&reference);
-    for (name, watcher) in watchers {
-        let checked = check(name, watcher, &reference);
-        let openings = watcher.openings();
-        let line = format!(
-            "watcher {name}: {checked} events and {} progress notifications checked over {} \
-             openings: {}",
-            watcher.progress_notifications(),
-            openings.len(),
-            openings.join(" ")
-        );
-        println!("{line}");
-        cluster.record(line);
-    }
 }
 
 /// The events a single-member watcher of `prefix` from `start` has received by the time its
@@ -706,7 +615,7 @@ pub async fn watch_from_compaction_revision() -> u64 {
         .await;
     let events = watch_once(&cluster, follower, "c/", deleted_at, last).await;
     check_member(events, follower);
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }
 
@@ -752,6 +661,6 @@ pub async fn watch_across_snapshot_install() -> u64 {
     };
     let watchers = [("from the start", &from_start), ("from now", &from_now)];
     check_watchers(&mut cluster, leader, last, &watchers).await;
-    assert_same_history(&cluster, &ALL).await;
+    crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }

@@ -28,6 +28,8 @@ use detcd::pb::etcdserverpb::watch_request::RequestUnion;
 use detcd::pb::etcdserverpb::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
 use detcd::pb::mvccpb;
 use futures::StreamExt;
+
+use crate::cluster::Cluster;
 use madsim::runtime::NodeHandle;
 
 /// One event as a watcher saw it.
@@ -419,4 +421,69 @@ pub fn check(name: &str, watcher: &Watcher, reference: &[Seen]) -> usize {
         );
     }
     seen.len()
+}
+
+/// Waits until each of `watchers` has seen revision `last`, then checks every one against the
+/// reference history — a fresh watch of the same prefix from revision 1 on `member`, itself
+/// checked by replay — and records what was checked in the trace. Returns the reference.
+pub async fn check_watchers(
+    cluster: &mut Cluster,
+    member: usize,
+    last: i64,
+    watchers: &[(&str, &Watcher)],
+) -> Vec<Seen> {
+    for (name, watcher) in watchers {
+        cluster
+            .wait_until(
+                &format!("watcher {name} reaches revision {last}"),
+                Duration::from_secs(120),
+                || async { watcher.last_revision() >= last },
+            )
+            .await;
+    }
+    let prefix = String::from_utf8_lossy(&watchers[0].1.spec.prefix).into_owned();
+    let reference = reference(cluster, member, &prefix, last).await;
+    for (name, watcher) in watchers {
+        let checked = check(name, watcher, &reference);
+        let openings = watcher.openings();
+        let line = format!(
+            "watcher {name}: {checked} events and {} progress notifications checked over {} \
+             openings: {}",
+            watcher.progress_notifications(),
+            openings.len(),
+            openings.join(" ")
+        );
+        println!("{line}");
+        cluster.record(line);
+    }
+    reference
+}
+
+/// The committed history of `prefix` up to `last`: a fresh watch from revision 1 on `member`,
+/// checked for internal consistency by [`check_reference`].
+pub async fn reference(cluster: &mut Cluster, member: usize, prefix: &str, last: i64) -> Vec<Seen> {
+    let spec = Spec {
+        prefix: prefix.as_bytes().to_vec(),
+        start_revision: 1,
+        prev_kv: true,
+        no_delete: false,
+        progress_every: None,
+        progress_notify: false,
+    };
+    let reference = Watcher::spawn(
+        cluster.client_host(),
+        vec![cluster.endpoint(member)],
+        0,
+        spec,
+    );
+    cluster
+        .wait_until(
+            "the reference watch reaches the last revision",
+            Duration::from_secs(60),
+            || async { reference.last_revision() >= last },
+        )
+        .await;
+    let events = reference.events();
+    check_reference(&events);
+    events
 }
