@@ -1,6 +1,7 @@
-//! The chaos scenario: the seed draws nemesis options, clients and watchers run through the fault
-//! schedule (the safety phase), the faults stop (the liveness phase), and every checker runs on
-//! what happened.
+//! The chaos scenario: the seed draws nemesis options, clients, watchers and lease providers run
+//! through the fault schedule (the safety phase), the faults stop (the liveness phase), and every
+//! checker runs on what happened: linearizability, durability, Raft, state, liveness, watch and
+//! lease.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use madsim::rand::Rng;
 
 use crate::check::{self, Committed};
 use crate::cluster::Cluster;
-use crate::history::{perform_on, History, Op, Outcome, PREFIX};
+use crate::history::{perform_on, History, Op, Outcome, LEASED, PREFIX};
+use crate::lease::{self, End};
 use crate::nemesis::{self, Options};
 use crate::watch::{check_watchers, Spec, Watcher};
 
@@ -63,6 +65,22 @@ pub async fn chaos() -> u64 {
             )
         })
         .collect();
+    let deletes = lease::spawn_delete_watchers(cluster.client_host(), endpoints.clone(), LEASED, 1);
+    let providers: Vec<_> = options
+        .providers
+        .iter()
+        .enumerate()
+        .map(|(i, &(ttl, life, revokes))| {
+            lease::spawn_provider(
+                cluster.client_host(),
+                endpoints.clone(),
+                format!("{LEASED}{i}"),
+                (ttl, Duration::from_millis(ttl as u64 * 1000 / 3)),
+                life,
+                if revokes { End::Revokes } else { End::Dies },
+            )
+        })
+        .collect();
     nemesis::run(&mut cluster, &options).await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
@@ -71,7 +89,13 @@ pub async fn chaos() -> u64 {
 
     // Liveness phase: no faults.
     let recovered = check::liveness::check(&cluster, &history).await;
+    let healthy = madsim::time::Instant::now();
     cluster.record(format!("live after {recovered:?}"));
+    lease::wait_settled(&cluster, &providers, &deletes, Duration::from_secs(60)).await;
+    let (leases, margin) = lease::check(&providers, &deletes, healthy);
+    cluster.record(format!(
+        "leases checked {leases}, smallest margin {margin}ms"
+    ));
 
     // The checkers, up to a last put through the leader (a put: every watcher sees it).
     let leader = cluster.wait_for_leader(&members).await;
@@ -113,7 +137,7 @@ pub async fn chaos() -> u64 {
     }
     let line = format!(
         "checked: {} operations ({linear:?}), {durable} acknowledged writes durable, {} \
-         revisions, raft {raft:?}, live after {recovered:?}",
+         revisions, raft {raft:?}, live after {recovered:?}, {leases} leases (margin {margin} ms)",
         records.len(),
         committed.last()
     );

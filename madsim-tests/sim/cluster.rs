@@ -633,6 +633,20 @@ impl Cluster {
     }
 }
 
+/// A scenario that fails drops its cluster while panicking: the hash of the trace up to the
+/// failure goes with the replay command, and a replay must print the same one.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "trace hash up to the failure: {:016x} ({} lines; DETCD_SIM_TRACE=1 prints them)",
+                self.trace_hash(),
+                self.trace.len()
+            );
+        }
+    }
+}
+
 fn brief<T: std::fmt::Debug>(outcome: &Outcome<T>) -> String {
     match outcome {
         Ok(value) => format!("ok {value:?}"),

@@ -23,6 +23,10 @@ use madsim::time::Instant;
 /// The prefix of every key the workload touches.
 pub const PREFIX: &str = "k/";
 
+/// Where the chaos scenario's lease providers register (inside [`PREFIX`], so the committed
+/// history has every revision; their puts and deletes are the lease checker's business).
+pub const LEASED: &str = "k/svc/";
+
 /// What a client asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

@@ -347,7 +347,7 @@ fn endpoints(cluster: &Cluster) -> Vec<String> {
 
 /// Waits (at most `timeout`) until every provider has stopped and every registered key is
 /// deleted.
-async fn wait_settled(
+pub async fn wait_settled(
     cluster: &Cluster,
     providers: &[Arc<Mutex<Provider>>],
     deletes: &Deletes,

@@ -80,6 +80,9 @@ pub struct Options {
     pub workload: Workload,
     /// How many watchers follow the history through the faults.
     pub watchers: usize,
+    /// Service providers with leases: (TTL in seconds, how long each keeps its lease alive,
+    /// whether it revokes at the end rather than just stopping).
+    pub providers: Vec<(i64, Duration, bool)>,
 }
 
 impl fmt::Display for Options {
@@ -87,7 +90,7 @@ impl fmt::Display for Options {
         write!(
             f,
             "{} members, {:?} s of faults {:?}, each {:?} apart {:?}, double {:.2}, {} clients on \
-             {} keys mix {:?} think {:?}, {} watchers",
+             {} keys mix {:?} think {:?}, {} watchers, leases {:?}",
             self.size,
             self.safety.as_secs(),
             self.kinds,
@@ -98,7 +101,8 @@ impl fmt::Display for Options {
             self.workload.keys,
             self.workload.weights,
             self.workload.think,
-            self.watchers
+            self.watchers,
+            self.providers
         )
     }
 }
@@ -124,6 +128,13 @@ impl Options {
         let short = rng.gen_range(200..1500);
         let long = short + rng.gen_range(200..3000);
         let gap = rng.gen_range(0..1500);
+        let safety = Duration::from_secs(rng.gen_range(8..16));
+        let providers = (0..rng.gen_range(1..4))
+            .map(|_| {
+                let life = Duration::from_millis(rng.gen_range(500..safety.as_millis() as u64));
+                (rng.gen_range(2..=6), life, rng.gen_bool(0.3))
+            })
+            .collect();
         let weights = [
             rng.gen_range(1..6),
             rng.gen_range(1..6),
@@ -136,7 +147,7 @@ impl Options {
             kinds,
             fault_length: Duration::from_millis(short)..Duration::from_millis(long),
             gap: Duration::from_millis(gap / 4)..Duration::from_millis(gap + 1),
-            safety: Duration::from_secs(rng.gen_range(8..16)),
+            safety,
             double: rng.gen_range(0.0..0.5),
             workload: Workload {
                 clients: rng.gen_range(2..6),
@@ -145,6 +156,7 @@ impl Options {
                 think: Duration::from_millis(rng.gen_range(5..60)),
             },
             watchers: rng.gen_range(0..3),
+            providers,
         }
     }
 }

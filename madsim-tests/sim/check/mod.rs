@@ -10,7 +10,7 @@
 //!
 //! The watch checker (ordered, unique, atomic, reliable, resumable, correct `prev_kv`) is
 //! `crate::watch::check`, and the lease checker (never early, bounded late, against true
-//! simulated time) is `crate::lease::check`; the chaos scenario runs the watch checker too.
+//! simulated time) is `crate::lease::check`; the chaos scenario runs both too.
 
 pub mod durability;
 pub mod linearizable;
