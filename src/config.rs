@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::env::{Duration, SocketAddr};
+use crate::fnv::Fnv64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterState {
@@ -513,23 +514,6 @@ fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
     hash.write(token.as_bytes());
     // Raft reserves no ID, but etcd never uses 0 for a member; neither do we.
     hash.finish().max(1)
-}
-
-/// FNV-1a: a stable hash (std's `DefaultHasher` may change between Rust releases).
-struct Fnv64(u64);
-impl Fnv64 {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= *byte as u64;
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[cfg(test)]

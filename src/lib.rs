@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod config;
 pub mod env;
+pub mod fnv;
 pub mod mvcc;
 pub mod node;
 pub mod pb;

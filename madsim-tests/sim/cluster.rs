@@ -155,14 +155,12 @@ impl Cluster {
 
     /// FNV-1a of the trace: equal for two runs of one seed.
     pub fn trace_hash(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = detcd::fnv::Fnv64::new();
         for line in &self.trace {
-            for byte in line.as_bytes().iter().chain(b"\n") {
-                hash ^= *byte as u64;
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
+            hash.write(line.as_bytes());
+            hash.write(b"\n");
         }
-        hash
+        hash.finish()
     }
 
     /// Runs `f` on the client host with a channel to `member`'s client port, under `deadline`.

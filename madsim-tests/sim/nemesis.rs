@@ -111,6 +111,11 @@ fn millis(range: Range<u64>) -> Duration {
     Duration::from_millis(madsim::rand::thread_rng().gen_range(range))
 }
 
+/// A duration drawn from `range`, to the millisecond.
+fn between(range: &Range<Duration>) -> Duration {
+    millis(range.start.as_millis() as u64..range.end.as_millis() as u64)
+}
+
 impl Options {
     /// Draws options from the simulation's seeded generator.
     pub fn draw() -> Options {
@@ -193,19 +198,12 @@ pub async fn run(cluster: &mut Cluster, options: &Options) {
                 .expect("at least one kind");
             active.push(begin(cluster, kind, &active));
         }
-        madsim::time::sleep(millis(
-            options.fault_length.start.as_millis() as u64
-                ..options.fault_length.end.as_millis() as u64,
-        ))
-        .await;
+        madsim::time::sleep(between(&options.fault_length)).await;
         while let Some(fault) = active.pop() {
             end(cluster, fault);
         }
         episodes += 1;
-        madsim::time::sleep(millis(
-            options.gap.start.as_millis() as u64..options.gap.end.as_millis() as u64,
-        ))
-        .await;
+        madsim::time::sleep(between(&options.gap)).await;
     }
     cluster.record(format!("nemesis: {episodes} episodes"));
 }

@@ -50,10 +50,3 @@ pub fn record(probe: impl FnOnce() -> Probe) {
 pub fn take() -> Vec<(u64, Probe)> {
     PROBES.with(|probes| std::mem::take(&mut *probes.borrow_mut()))
 }
-
-/// FNV-1a of `bytes`: the digest of an applied entry.
-pub fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ *byte as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}

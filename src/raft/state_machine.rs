@@ -449,7 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         index: entry.log_id.index,
                         term: entry.log_id.leader_id.term,
                         // The Debug form: protobuf maps encode in hash order.
-                        digest: probe::digest(format!("{:?}", entry.payload).as_bytes()),
+                        digest: crate::fnv::hash(format!("{:?}", entry.payload).as_bytes()),
                     });
                     responses.push(response);
                 }
