@@ -104,7 +104,17 @@ pub async fn run(
         crate::env::blocking(move || opener.open_database(DATABASE_FILE))
             .await
             .map_err(|e| {
-                StorageError(format!("open {DATABASE_FILE} on {}: {e}", disk.describe()))
+                let hint = match e {
+                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                        "; this member's data cannot be trusted: the member must be replaced, \
+                         not restarted on it"
+                    }
+                    _ => "",
+                };
+                StorageError(format!(
+                    "open {DATABASE_FILE} on {}: {e}{hint}",
+                    disk.describe()
+                ))
             })?
     };
     let node = Node::start(

@@ -210,12 +210,19 @@ impl Process {
 
     /// SIGTERM by PID; the exit code if it exits within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
+        let pid = self.child.as_ref()?.id();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself; its exit code if it does within `timeout`,
+    /// else it is killed.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -226,6 +233,11 @@ impl Process {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// Everything the process wrote to stdout and stderr, over all its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

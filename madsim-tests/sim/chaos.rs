@@ -87,8 +87,14 @@ pub async fn chaos() -> u64 {
         client.await.expect("client task");
     }
 
-    // Liveness phase: no faults.
-    let recovered = check::liveness::check(&cluster, &history).await;
+    // Liveness phase: no faults. A member that refused its corrupted disk stays down.
+    let fenced = cluster.fenced();
+    let members: Vec<usize> = members
+        .into_iter()
+        .filter(|m| !fenced.contains(m))
+        .collect();
+    cluster.record(format!("fenced: {fenced:?}"));
+    let recovered = check::liveness::check(&cluster, &members, &history).await;
     let healthy = madsim::time::Instant::now();
     cluster.record(format!("live after {recovered:?}"));
     lease::wait_settled(&cluster, &providers, &deletes, Duration::from_secs(60)).await;

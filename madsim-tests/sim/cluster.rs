@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use detcd::config::{Config, Invocation};
@@ -34,6 +35,9 @@ pub struct Member {
     pub disk: SimDisk,
     /// The member's clock: skew set here survives restarts, as a machine's clock would.
     pub clock: Clock,
+    /// Why the member's server stopped on its own (e.g. it refused a corrupted disk), if it did
+    /// since it was last started.
+    stopped: Arc<Mutex<Option<String>>>,
 }
 
 pub struct Cluster {
@@ -92,6 +96,8 @@ impl Cluster {
             let clock = Clock::new();
             let init_clock = clock.clone();
             let init_disk = disk.clone();
+            let stopped = Arc::new(Mutex::new(None));
+            let init_stopped = stopped.clone();
             let node = handle
                 .create_node()
                 .name(config.name.clone())
@@ -100,6 +106,8 @@ impl Cluster {
                     let config = config.clone();
                     let disk = Disk::Sim(init_disk.clone());
                     let clock = init_clock.clone();
+                    let stopped = init_stopped.clone();
+                    *stopped.lock().expect("stopped lock") = None;
                     async move {
                         let result = detcd::server::run(
                             config,
@@ -111,7 +119,10 @@ impl Cluster {
                         .await;
                         if let Err(error) = result {
                             // A member that cannot serve (e.g. a disk it cannot trust) stops.
-                            eprintln!("member stopped: {error}");
+                            if std::env::var_os("DETCD_SIM_TRACE").is_some() {
+                                eprintln!("member stopped: {error}");
+                            }
+                            *stopped.lock().expect("stopped lock") = Some(error.to_string());
                         }
                     }
                 })
@@ -121,6 +132,7 @@ impl Cluster {
                 node,
                 disk,
                 clock,
+                stopped,
             });
         }
         let client = handle
@@ -578,7 +590,43 @@ impl Cluster {
         self.record(format!("network loss {loss} latency {latency:?}"));
     }
 
-    /// `member`'s fsyncs take `latency` (a slow or stalling disk).
+    /// Why `member`'s server stopped by itself since it was last started, if it did.
+    pub fn stopped(&self, member: usize) -> Option<String> {
+        self.members[member]
+            .stopped
+            .lock()
+            .expect("stopped lock")
+            .clone()
+    }
+
+    /// Members that refused to start on a corrupted disk: lost for good (detcd cannot replace a
+    /// member yet), so the checkers leave them out.
+    pub fn fenced(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&m| self.stopped(m).is_some_and(|why| why.contains("corrupted")))
+            .collect()
+    }
+
+    /// Bit rot found at restart: kills `member`, flips one bit among the bytes its last few
+    /// fsyncs made durable, and starts it again. Answers the flipped offset.
+    pub fn corrupt(&mut self, member: usize) -> Option<u64> {
+        self.kill(member);
+        let seed = madsim::rand::random::<u64>();
+        let offset = self.members[member]
+            .disk
+            .flip_recent_bit(detcd::storage::DATABASE_FILE, seed);
+        self.record(format!("flip a bit of m{} at {offset:?}", member + 1));
+        self.restart(member);
+        offset
+    }
+
+    /// `member`'s fsyncs do not return until [`Cluster::clear_disk`] (a stalled disk).
+    pub fn stall_disk(&mut self, member: usize) {
+        self.members[member].disk.set_stalled(true);
+        self.record(format!("disk m{} stalled", member + 1));
+    }
+
+    /// `member`'s fsyncs take `latency` (a slow disk).
     pub fn slow_disk(&mut self, member: usize, latency: Duration) {
         self.members[member].disk.set_sync_latency(latency);
         self.record(format!("disk m{} fsync {latency:?}", member + 1));
@@ -595,12 +643,13 @@ impl Cluster {
         self.record(format!("disk m{} EIO {which}", member + 1));
     }
 
-    /// Clears `member`'s disk faults (EIO and latency).
+    /// Clears `member`'s disk faults (EIO, latency and stalls).
     pub fn clear_disk(&mut self, member: usize) {
         let disk = &self.members[member].disk;
         disk.set_fail_reads(false);
         disk.set_fail_writes(false);
         disk.set_fail_syncs(false);
+        disk.set_stalled(false);
         disk.set_sync_latency(detcd::env::sim_disk::DEFAULT_SYNC_LATENCY);
         self.record(format!("disk m{} healthy", member + 1));
     }

@@ -200,6 +200,14 @@ fn leader_crash_after_ack() {
 }
 
 #[test]
+fn corrupted_disk_is_fenced() {
+    sweep(
+        "corrupted_disk_is_fenced",
+        scenarios::corrupted_disk_is_fenced,
+    );
+}
+
+#[test]
 fn group_commit() {
     sweep("group_commit", scenarios::group_commit);
 }

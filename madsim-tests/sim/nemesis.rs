@@ -5,9 +5,9 @@
 //! A schedule is a sequence of episodes: one or two faults begin together, last a while, and are
 //! undone; a quiet gap follows. Faults that take members down (kill, power loss, pause, a failing
 //! disk) pick only members that are up. Power loss may take every member at once: it loses only
-//! unsynced writes, which a correct member never acknowledged, so a majority of intact disks always
-//! remains. Flipped bits are not scheduled: a corrupted disk is lost for good, and detcd cannot yet
-//! replace a member (`MemberAdd`), so a schedule with one could not be recovered from.
+//! unsynced writes, which a correct member never acknowledged. A flipped bit may destroy a disk
+//! for good (the member refuses to start on it, and detcd cannot replace a member yet), so at most
+//! a minority of members ever get one: a majority of intact disks always remains.
 
 use std::fmt;
 use std::ops::Range;
@@ -47,9 +47,14 @@ pub enum Kind {
     SlowDisk,
     /// A member's disk fails reads, writes or fsyncs with EIO; the member is restarted after.
     DiskError,
+    /// A member's fsyncs do not return until the fault ends.
+    StalledDisk,
+    /// A member is killed, one bit among what its last fsyncs wrote flips, and it restarts:
+    /// it must come back whole or refuse to start (a minority of members, once each).
+    BitFlip,
 }
 
-pub const KINDS: [Kind; 12] = [
+pub const KINDS: [Kind; 14] = [
     Kind::Kill,
     Kind::PowerLoss,
     Kind::PowerLossAll,
@@ -62,6 +67,8 @@ pub const KINDS: [Kind; 12] = [
     Kind::ClockDrift,
     Kind::SlowDisk,
     Kind::DiskError,
+    Kind::StalledDisk,
+    Kind::BitFlip,
 ];
 
 /// Everything a seed decides before the run.
@@ -184,6 +191,7 @@ enum Active {
 pub async fn run(cluster: &mut Cluster, options: &Options) {
     let started = madsim::time::Instant::now();
     let mut episodes = 0;
+    let mut flipped = Vec::new();
     while started.elapsed() < options.safety {
         let faults = if madsim::rand::thread_rng().gen_bool(options.double) {
             2
@@ -196,7 +204,7 @@ pub async fn run(cluster: &mut Cluster, options: &Options) {
                 .kinds
                 .choose(&mut madsim::rand::thread_rng())
                 .expect("at least one kind");
-            active.push(begin(cluster, kind, &active));
+            active.push(begin(cluster, kind, &active, &mut flipped));
         }
         madsim::time::sleep(between(&options.fault_length)).await;
         while let Some(fault) = active.pop() {
@@ -208,23 +216,24 @@ pub async fn run(cluster: &mut Cluster, options: &Options) {
     cluster.record(format!("nemesis: {episodes} episodes"));
 }
 
-/// Members not taken down by the faults in `active`.
-fn up(cluster: &Cluster, active: &[Active]) -> Vec<usize> {
+/// Members not taken down by the faults in `active`, nor given a flipped bit (`flipped`).
+fn up(cluster: &Cluster, active: &[Active], flipped: &[usize]) -> Vec<usize> {
     if active.iter().any(|a| matches!(a, Active::AllDown)) {
         return Vec::new();
     }
     (0..cluster.members.len())
         .filter(|m| {
-            !active.iter().any(|a| {
+            !flipped.contains(m)
+                && !active.iter().any(|a| {
                 matches!(a, Active::Down(d) | Active::Paused(d) | Active::BrokenDisk(d) if d == m)
             })
         })
         .collect()
 }
 
-fn begin(cluster: &mut Cluster, kind: Kind, active: &[Active]) -> Active {
+fn begin(cluster: &mut Cluster, kind: Kind, active: &[Active], flipped: &mut Vec<usize>) -> Active {
     let size = cluster.members.len();
-    let up = up(cluster, active);
+    let up = up(cluster, active, flipped);
     let mut rng = madsim::rand::thread_rng();
     let victim = up.choose(&mut rng).copied();
     let mode = *[
@@ -302,6 +311,15 @@ fn begin(cluster: &mut Cluster, kind: Kind, active: &[Active]) -> Active {
             let member = rng.gen_range(0..size);
             let ppm = rng.gen_range(-500..=500);
             cluster.set_drift(member, ppm);
+            Active::Nothing
+        }
+        (Kind::StalledDisk, Some(victim)) => {
+            cluster.stall_disk(victim);
+            Active::Disk(victim)
+        }
+        (Kind::BitFlip, Some(victim)) if flipped.len() < (size - 1) / 2 => {
+            cluster.corrupt(victim);
+            flipped.push(victim);
             Active::Nothing
         }
         (Kind::SlowDisk, Some(victim)) => {

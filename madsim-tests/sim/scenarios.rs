@@ -240,6 +240,54 @@ pub async fn leader_crash_after_ack() -> u64 {
     cluster.trace_hash()
 }
 
+/// Bit rot found at restart: one flipped bit among the bytes a follower's last fsyncs made
+/// durable. The follower must come back with everything it acknowledged, or refuse to start; it
+/// must never come back having quietly forgotten its newest writes. Here those are the entries
+/// that only it and the (now dead) leader hold, so a leader elected with its vote alone would
+/// lose acknowledged writes.
+pub async fn corrupted_disk_is_fenced() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let (follower, isolated) = {
+        let rest = others(leader);
+        (rest[0], rest[1])
+    };
+    let mut acked = write_all(&mut cluster, &ALL, "before", 5).await;
+    cluster.partition(&[isolated]);
+    acked.extend(write_all(&mut cluster, &[leader], "quorum", 10).await);
+    cluster.kill(leader);
+    cluster.corrupt(follower);
+    cluster.heal();
+    cluster
+        .wait_until(
+            "the corrupted member refuses its disk, or it and the third elect a leader",
+            Duration::from_secs(20),
+            || async {
+                cluster.stopped(follower).is_some()
+                    || cluster.agreed_leader(&[follower, isolated]).await.is_some()
+            },
+        )
+        .await;
+    let refused = cluster.stopped(follower);
+    cluster.record(format!("m{} after the flip: {refused:?}", follower + 1));
+    if let Some(why) = &refused {
+        assert!(
+            why.contains("corrupt"),
+            "m{} stopped, but not for its corrupted disk: {why}",
+            follower + 1
+        );
+    }
+    cluster.restart(leader);
+    let live: Vec<usize> = match refused {
+        Some(_) => vec![leader, isolated],
+        None => ALL.to_vec(),
+    };
+    cluster.wait_for_leader(&live).await;
+    assert_visible(&mut cluster, &live, &acked).await;
+    crate::check::state::check(&cluster, &live).await;
+    cluster.trace_hash()
+}
+
 /// Overwrites `keys` keys `rounds` times through `member`, making history.
 async fn churn(cluster: &mut Cluster, member: usize, keys: usize, rounds: usize) -> i64 {
     let mut revision = 0;

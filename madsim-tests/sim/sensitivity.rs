@@ -42,6 +42,12 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
             }),
         ],
         Bug::LeaderReadWithoutQuorum => vec![CHAOS],
+        Bug::SinglePhaseCommit => vec![
+            CHAOS,
+            ("corrupted_disk_is_fenced", || {
+                Box::pin(scenarios::corrupted_disk_is_fenced())
+            }),
+        ],
         Bug::CheckpointNotReset => {
             vec![("leases_under_faults", || {
                 Box::pin(lease::leases_under_faults())

@@ -36,10 +36,14 @@ pub enum Bug {
     /// A leader serves a linearizable read from its own state without confirming through a
     /// quorum that it still leads: a deposed leader cut off by a partition answers stale data.
     LeaderReadWithoutQuorum,
+    /// Durable commits use redb's single-phase commit: after a crash, a flipped bit in the newest
+    /// commit passes for a torn write, redb quietly rolls back to the commit before, and the
+    /// member has forgotten entries it acknowledged (found by `corrupted_disk_is_fenced`).
+    SinglePhaseCommit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -49,6 +53,7 @@ impl Bug {
         Bug::KeepAliveWithoutQuorum,
         Bug::CheckpointNotReset,
         Bug::LeaderReadWithoutQuorum,
+        Bug::SinglePhaseCommit,
     ];
 
     #[cfg(madsim)]

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use super::sim_disk::SimDisk;
 
+/// How often a caller held by a stalled simulated disk looks again.
+const STALL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Where a node keeps its data.
 #[derive(Debug, Clone)]
 pub enum Disk {
@@ -19,8 +22,13 @@ pub enum Disk {
 
 impl Disk {
     /// Opens (creating if needed) the redb database `name` on this disk.
+    ///
+    /// Every page of the committed trees is checked against its checksum first, after a clean
+    /// shutdown too (redb itself checks only after a crash): a file that changed under redb
+    /// (a flipped bit) fails to open as corrupted rather than being read, or trusted, raw.
     pub fn open_database(&self, name: &str) -> Result<redb::Database, redb::DatabaseError> {
         let mut builder = redb::Database::builder();
+        builder.set_check_integrity_on_open(true);
         match self {
             Disk::Dir(dir) => {
                 #[allow(clippy::disallowed_methods)]
@@ -53,12 +61,16 @@ impl Disk {
     }
 
     /// Called after a durable (fsynced) write: on a simulated disk, waits out the fsync's
-    /// simulated latency. A real fsync already took its time inside the write.
+    /// simulated latency, and for as long as the disk is stalled. A real fsync already took its
+    /// time inside the write.
     pub async fn after_sync(&self) {
         if let Disk::Sim(disk) = self {
             let latency = disk.sync_latency();
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
+            }
+            while disk.stalled() {
+                tokio::time::sleep(STALL_POLL).await;
             }
         }
     }

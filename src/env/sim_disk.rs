@@ -15,20 +15,26 @@
 //! on an older handle fails with EIO and changes nothing.
 //!
 //! Faults. `fail_reads`, `fail_writes` and `fail_syncs` make the matching calls fail with EIO
-//! (redb then refuses further writes, and the node must stop); `flip_bit` corrupts one durable bit.
+//! (redb then refuses further writes, and the node must stop); `flip_bit` corrupts one durable bit,
+//! and `flip_recent_bit` one of the bytes the last few fsyncs made durable (bit rot where it
+//! matters most: in the newest commit, which a recovering redb cannot tell from a torn one).
 //!
 //! Time. An fsync takes `sync_latency` of simulated time (default 1 ms, madsim's timer grain; a
 //! real fdatasync here takes ~0.14 ms). redb calls `sync_data` synchronously, so the latency is
 //! paid by the caller afterwards ([`super::Disk::after_sync`]); meanwhile new requests queue up,
-//! which is what makes group commit happen. A slow or stalling disk is a larger latency.
+//! which is what makes group commit happen. A slow disk is a larger latency; a stalled disk
+//! holds every fsync's caller until it is unstalled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::rng::SplitMix64;
 
 const SECTOR_SIZE: usize = 512;
+
+/// How many fsyncs' worth of written ranges a file remembers for [`SimDisk::flip_recent_bit`].
+const RECENT_SYNCS: usize = 4;
 
 #[derive(Debug, Clone)]
 enum PendingOp {
@@ -41,6 +47,8 @@ struct SimFile {
     visible: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<PendingOp>,
+    /// The byte ranges (offset, length) written before each of the last few fsyncs.
+    recent: VecDeque<Vec<(u64, usize)>>,
 }
 
 /// What happens to unsynced writes on a crash.
@@ -65,6 +73,7 @@ struct DiskState {
     fail_syncs: bool,
     syncs: u64,
     sync_latency: std::time::Duration,
+    stalled: bool,
 }
 
 /// One simulated node's disk. Cheap to clone; clones are the same disk.
@@ -197,7 +206,43 @@ impl SimDisk {
         }
     }
 
-    /// Makes every fsync take `latency` of simulated time (a slow or stalling disk).
+    /// Flips one bit in a byte that one of the last few fsyncs of file `name` made durable,
+    /// chosen by `seed`; answers its offset, or `None` if the file has no such bytes.
+    pub fn flip_recent_bit(&self, name: &str, seed: u64) -> Option<u64> {
+        let mut rng = SplitMix64::new(seed);
+        let offset = {
+            let state = self.state.lock().expect("sim disk lock");
+            let file = state.files.get(name)?;
+            let ranges: Vec<(u64, usize)> = file.recent.iter().flatten().copied().collect();
+            let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut pick = rng.below(total);
+            let mut offset = None;
+            for (start, len) in ranges {
+                if pick < len as u64 {
+                    offset = Some(start + pick);
+                    break;
+                }
+                pick -= len as u64;
+            }
+            offset?
+        };
+        self.flip_bit(name, offset, rng.below(8) as u8);
+        Some(offset)
+    }
+
+    /// Holds every fsync's caller (see [`super::Disk::after_sync`]) until unstalled.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.state.lock().expect("sim disk lock").stalled = stalled;
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.state.lock().expect("sim disk lock").stalled
+    }
+
+    /// Makes every fsync take `latency` of simulated time (a slow disk).
     pub fn set_sync_latency(&self, latency: std::time::Duration) {
         self.state.lock().expect("sim disk lock").sync_latency = latency;
     }
@@ -274,7 +319,20 @@ impl redb::StorageBackend for SimFileBackend {
             state.syncs += 1;
             let file = state.files.get_mut(name).expect("file exists");
             file.durable = file.visible.clone();
-            file.pending.clear();
+            let written: Vec<(u64, usize)> = file
+                .pending
+                .drain(..)
+                .filter_map(|op| match op {
+                    PendingOp::Write { offset, data } => Some((offset, data.len())),
+                    PendingOp::SetLen(_) => None,
+                })
+                .collect();
+            if !written.is_empty() {
+                if file.recent.len() == RECENT_SYNCS {
+                    file.recent.pop_front();
+                }
+                file.recent.push_back(written);
+            }
             Ok(())
         })
     }
@@ -352,6 +410,42 @@ mod tests {
             reordered,
             "some seed keeps the second write but not the first"
         );
+    }
+
+    #[test]
+    fn a_recent_bit_flip_lands_in_what_the_last_fsyncs_wrote() {
+        for seed in 0..32 {
+            let disk = SimDisk::new();
+            let file = disk.open_file("a");
+            file.write(0, &[0u8; 100]).unwrap();
+            file.sync_data().unwrap();
+            file.write(40, &[0u8; 10]).unwrap();
+            file.sync_data().unwrap();
+            for _ in 0..RECENT_SYNCS - 1 {
+                file.sync_data().unwrap(); // nothing written: not a recent write
+            }
+            let offset = disk.flip_recent_bit("a", seed).expect("recent bytes");
+            assert!(
+                (0..100).contains(&offset),
+                "seed {seed}: flipped at {offset}"
+            );
+            for _ in 0..RECENT_SYNCS - 1 {
+                file.write(40, &[0u8; 10]).unwrap();
+                file.sync_data().unwrap();
+            }
+            disk.crash(CrashMode::DropUnsynced, seed);
+            let mut out = vec![0; 100];
+            disk.open_file("a").read(0, &mut out).unwrap();
+            let flipped: u32 = out.iter().map(|b| b.count_ones()).sum();
+            // The later writes at 40..50 may have overwritten the flipped bit.
+            assert!(flipped <= 1, "seed {seed}: {flipped} bits flipped");
+            let only_recent = disk.flip_recent_bit("a", seed).expect("recent bytes");
+            assert!(
+                (40..50).contains(&only_recent),
+                "seed {seed}: the last {RECENT_SYNCS} fsyncs wrote only 40..50, flipped at {only_recent}"
+            );
+        }
+        assert_eq!(SimDisk::new().flip_recent_bit("none", 1), None);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The Raft log, vote and committed index, in redb.
 //!
 //! Durability: `save_vote`, `append`, `truncate_after` and `purge` commit with
-//! `Durability::Immediate` (an fsync) before they return, and `append` tells openraft the entries
-//! are flushed only after that commit. openraft hands `append` every entry that queued up while
-//! the previous write was in flight, so one fsync covers many client requests (group commit).
+//! `Durability::Immediate` (fsynced, in a two-phase commit: see [`storage::begin_write`]) before
+//! they return, and `append` tells openraft the entries are flushed only after that commit.
+//! openraft hands `append` every entry that queued up while the previous write was in flight, so
+//! one commit covers many client requests (group commit).
 //! `save_committed` is a hint for faster recovery and commits without fsync, so after a crash it
 //! may be older than what this member had acknowledged. That is safe only because a restarted
 //! member never resumes leadership of its old term (`enable_leader_restore` is off in `node`).
@@ -24,7 +25,7 @@ use crate::env::bugs::{self, Bug};
 use crate::env::probe::{self, Probe};
 use crate::env::{self, Disk};
 use crate::pb::raft as pb;
-use crate::storage::{META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
+use crate::storage::{self, META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
 
 /// The log store of one member. Clones share the database (the log reader is a clone).
 #[derive(Clone)]
@@ -45,8 +46,7 @@ impl LogStore {
     ) -> Result<T, io::Error> {
         let db = self.db.clone();
         let write = move || -> Result<T, io::Error> {
-            let mut txn = db.begin_write().map_err(io_error)?;
-            txn.set_durability(durability).map_err(io_error)?;
+            let txn = storage::begin_write(&db, durability).map_err(io_error)?;
             let value = f(&txn)?;
             txn.commit().map_err(io_error)?;
             Ok(value)

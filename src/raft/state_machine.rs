@@ -25,7 +25,7 @@ use crate::env::probe::{self, Probe};
 use crate::mvcc::leases::{LeaseEvent, LeaseFeed};
 use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
-use crate::storage::encoding;
+use crate::storage::{self, encoding};
 use crate::storage::{
     KV, KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED,
     META_MEMBERSHIP, META_REVISION, SM_META,
@@ -204,9 +204,7 @@ impl StateMachine {
     pub async fn sync(&self) -> Result<(), io::Error> {
         let db = self.db.clone();
         env::blocking(move || {
-            let mut txn = db.begin_write().map_err(io_error)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(io_error)?;
+            let txn = storage::begin_write(&db, Durability::Immediate).map_err(io_error)?;
             txn.commit().map_err(io_error)
         })
         .await
@@ -254,7 +252,7 @@ fn install_data(
     data: &pb::SnapshotData,
     state: &AppliedState,
 ) -> Result<(), io::Error> {
-    let txn = db.begin_write().map_err(io_error)?;
+    let txn = storage::begin_write(db, Durability::Immediate).map_err(io_error)?;
     for (table, rows) in [(KV, &data.kv), (KV_REVISIONS, &data.kv_revisions)] {
         let mut table = txn.open_table(table).map_err(io_error)?;
         table.retain(|_, _| false).map_err(io_error)?;
@@ -397,8 +395,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let (batch, responses, changes, applied) =
             env::blocking(move || -> Result<_, io::Error> {
-                let mut txn = db.begin_write().map_err(io_error)?;
-                txn.set_durability(Durability::None).map_err(io_error)?;
+                let txn = storage::begin_write(&db, Durability::None).map_err(io_error)?;
                 let mut revision = {
                     let meta = txn.open_table(SM_META).map_err(io_error)?;
                     revision_in(&meta)?
