@@ -207,6 +207,14 @@ fn corrupted_disk_is_fenced() {
     );
 }
 
+/// The simulator's speed for a 3-member cluster under a steady 1,000 puts per simulated second
+/// (the sweep prints simulated seconds per wall second); 1 seed and the random one unless
+/// `DETCD_SIM_SEEDS` says.
+#[test]
+fn steady_load() {
+    short_sweep("steady_load", scenarios::steady_load, 1);
+}
+
 #[test]
 fn group_commit() {
     sweep("group_commit", scenarios::group_commit);
