@@ -74,6 +74,15 @@ fn member_config(index: usize, size: usize, extra: &[&str]) -> Config {
     }
 }
 
+/// A connection to `endpoint` (a member's client URL), if it can be made.
+pub async fn connect(endpoint: &str) -> Option<Channel> {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .ok()?
+        .connect()
+        .await
+        .ok()
+}
+
 /// The outcome of one client operation, as the trace records it.
 pub type Outcome<T> = Result<T, tonic::Status>;
 

@@ -25,7 +25,8 @@ use futures::StreamExt;
 use madsim::rand::Rng;
 use madsim::runtime::NodeHandle;
 use madsim::time::Instant;
-use tonic::transport::Channel;
+
+use crate::cluster::connect;
 
 /// How a provider ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +58,6 @@ pub struct Provider {
 
 /// The deletes the watchers saw, per key: the earliest time any watcher received it.
 pub type Deletes = Arc<Mutex<BTreeMap<String, Instant>>>;
-
-async fn connect(endpoint: &str) -> Option<Channel> {
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .ok()?
-        .connect()
-        .await
-        .ok()
-}
 
 /// A call under a client deadline (shorter than the server's request timeout: a member that
 /// cannot answer is left for another).

@@ -313,9 +313,7 @@ pub async fn steady_load() -> u64 {
         .map(|c| {
             let endpoint = cluster.endpoint(c as usize % ALL.len());
             cluster.client_host().spawn(async move {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                    .expect("endpoint")
-                    .connect()
+                let channel = crate::cluster::connect(&endpoint)
                     .await
                     .expect("a healthy member accepts a connection");
                 let mut kv = KvClient::new(channel);

@@ -182,11 +182,7 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
         let stay = Duration::from_millis(1000 + madsim::rand::random::<u64>() % 3000);
         let session = async {
             // Ends (`None`) when the stream fails or the watch is canceled.
-            let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                .expect("valid endpoint")
-                .connect()
-                .await
-                .ok()?;
+            let channel = crate::cluster::connect(&endpoint).await?;
             let (mut requests, receiver) = futures::channel::mpsc::channel(8);
             let create = WatchCreateRequest {
                 key: spec.prefix.clone(),
@@ -273,11 +269,7 @@ pub fn spawn_load(
                 ..Default::default()
             };
             let put = async move {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
+                let channel = crate::cluster::connect(&endpoint).await?;
                 detcd::pb::etcdserverpb::kv_client::KvClient::new(channel)
                     .put(request)
                     .await
