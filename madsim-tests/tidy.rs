@@ -6,6 +6,8 @@
 //! - No `HashMap`/`HashSet` where iteration order could reach the wire, the log or a hash
 //!   (`mvcc/`, `apply.rs`, `lease/`, `watch/`).
 //! - No `dbg!`, `todo!` or `unimplemented!` anywhere in `src/`.
+//! - Every `select!` in `src/` is `biased`: an unbiased one polls from a branch drawn from
+//!   tokio's per-process generator, which no seed controls.
 
 // Tidy reads the source tree: the seam rule (.clippy.toml) is for src/.
 #![allow(clippy::disallowed_methods)]
@@ -111,6 +113,22 @@ fn no_debugging_leftovers() {
         for (number, line) in code_lines(&text) {
             for leftover in ["dbg!(", "todo!(", "unimplemented!("] {
                 assert!(!line.contains(leftover), "{path}:{number}: {leftover}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_select_is_biased() {
+    for (path, text) in sources() {
+        let lines: Vec<(usize, &str)> = code_lines(&text).collect();
+        for (i, (number, line)) in lines.iter().enumerate() {
+            if line.contains("select! {") {
+                let next = lines.get(i + 1).map(|(_, l)| l.trim()).unwrap_or_default();
+                assert_eq!(
+                    next, "biased;",
+                    "{path}:{number}: a select! that is not biased (its branch order is random)"
+                );
             }
         }
     }

@@ -554,9 +554,13 @@ async fn expire(node: &Node) {
 /// Checkpoints: periodic ones every [`TICK`], resets as soon as a renewal waits for one.
 async fn checkpoint(node: &Node) {
     loop {
+        // Biased, as every select: an unbiased one starts at a branch drawn from tokio's own
+        // per-process generator, which the simulation cannot seed (a tie here changed a run's
+        // lease timings with what had run before it in the process).
         let scan = tokio::select! {
-            _ = node.lessor.wake.notified() => false,
+            biased;
             _ = node.clock.sleep(CHECKPOINT_TICK) => true,
+            _ = node.lessor.wake.notified() => false,
         };
         let mut scan = scan;
         while let Some(batch) = node.lessor.checkpoint_batch(node.clock.monotonic(), scan) {
@@ -583,6 +587,7 @@ async fn checkpoint(node: &Node) {
 pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     let stopped = stop.wait_for(|stopped| *stopped);
     tokio::select! {
+        biased;
         _ = stopped => {}
         _ = expire(&node) => {}
         _ = checkpoint(&node) => {}
