@@ -291,7 +291,7 @@ pub async fn corrupted_disk_is_fenced() -> u64 {
 /// Simulated operations per simulated second of [`steady_load`].
 pub const STEADY_RATE: u64 = 1000;
 /// How long [`steady_load`] keeps its rate up.
-pub const STEADY_FOR: Duration = Duration::from_secs(60);
+pub const STEADY_FOR: Duration = Duration::from_secs(20);
 
 /// The simulator's speed under a steady client load: a 3-member cluster is offered
 /// [`STEADY_RATE`] puts per simulated second for [`STEADY_FOR`] (100 clients, each on its own
