@@ -5,6 +5,7 @@
 pub mod api;
 pub mod apply;
 pub mod config;
+pub mod crc32c;
 pub mod env;
 pub mod fnv;
 pub mod mvcc;

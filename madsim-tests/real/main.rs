@@ -242,44 +242,47 @@ fn sigterm_stops_cleanly() {
     assert_eq!(status, Some(0), "detcd exits 0 on SIGTERM");
 }
 
-/// Bit rot in the data file, found at the next start: detcd refuses to start on it (exit 1,
-/// saying why) rather than serve, or vote with, data it cannot trust. The start after a clean
-/// shutdown is the hard case: redb checks its checksums on its own only after a crash.
+/// Bit rot in a data file, found at the next start: detcd refuses to start on it (exit 1,
+/// saying why) rather than serve, or vote with, data it cannot trust. Both files hold the value:
+/// the state machine (`detcd.redb`; the start after a clean shutdown is the hard case, as redb
+/// checks its checksums on its own only after a crash) and the write-ahead log.
 #[test]
 fn a_corrupted_data_file_is_refused() {
-    let dir = TempDir::new("bitrot");
-    let mut detcd = Process::detcd_single(&dir, "detcd");
-    let value = "a-value-that-will-rot";
-    assert_eq!(
-        etcdctl(
-            &detcd.client_endpoint,
-            &["put".into(), "rot".into(), value.into()]
-        ),
-        "OK\nexit 0\n"
-    );
-    assert_eq!(detcd.terminate(Duration::from_secs(10)), Some(0));
-    let file = dir.0.join("detcd").join("detcd.redb");
-    let mut bytes = std::fs::read(&file).expect("read the data file");
-    let mut flipped = 0;
-    let mut at = 0;
-    while let Some(found) = bytes[at..]
-        .windows(value.len())
-        .position(|w| w == value.as_bytes())
-    {
-        bytes[at + found] ^= 0x01;
-        flipped += 1;
-        at += found + value.len();
+    for file in ["detcd.redb", "wal-0000000000000001.log"] {
+        let dir = TempDir::new("bitrot");
+        let mut detcd = Process::detcd_single(&dir, "detcd");
+        let value = "a-value-that-will-rot";
+        assert_eq!(
+            etcdctl(
+                &detcd.client_endpoint,
+                &["put".into(), "rot".into(), value.into()]
+            ),
+            "OK\nexit 0\n"
+        );
+        assert_eq!(detcd.terminate(Duration::from_secs(10)), Some(0));
+        let path = dir.0.join("detcd").join(file);
+        let mut bytes = std::fs::read(&path).expect("read the data file");
+        let mut flipped = 0;
+        let mut at = 0;
+        while let Some(found) = bytes[at..]
+            .windows(value.len())
+            .position(|w| w == value.as_bytes())
+        {
+            bytes[at + found] ^= 0x01;
+            flipped += 1;
+            at += found + value.len();
+        }
+        assert!(flipped > 0, "the value is in {file}");
+        std::fs::write(&path, &bytes).expect("write the data file back");
+        detcd.restart();
+        let code = detcd.wait_exit(Duration::from_secs(20));
+        let log = detcd.log();
+        assert_eq!(code, Some(1), "{file}: {log}");
+        assert!(
+            log.contains("corrupted") && log.contains("must be replaced"),
+            "{file}: {log}"
+        );
     }
-    assert!(flipped > 0, "the value is in the data file");
-    std::fs::write(&file, &bytes).expect("write the data file back");
-    detcd.restart();
-    let code = detcd.wait_exit(Duration::from_secs(20));
-    let log = detcd.log();
-    assert_eq!(code, Some(1), "{log}");
-    assert!(
-        log.contains("corrupted") && log.contains("must be replaced"),
-        "{log}"
-    );
 }
 
 /// detcd cannot join a running cluster yet, so `existing` with no data is refused, not treated

@@ -621,12 +621,10 @@ impl Cluster {
     pub fn corrupt(&mut self, member: usize) -> Option<u64> {
         self.kill(member);
         let seed = madsim::rand::random::<u64>();
-        let offset = self.members[member]
-            .disk
-            .flip_recent_bit(detcd::storage::DATABASE_FILE, seed);
-        self.record(format!("flip a bit of m{} at {offset:?}", member + 1));
+        let flipped = self.members[member].disk.flip_recent_bit_in_any_file(seed);
+        self.record(format!("flip a bit of m{} at {flipped:?}", member + 1));
         self.restart(member);
-        offset
+        flipped.map(|(_, offset)| offset)
     }
 
     /// `member`'s fsyncs do not return until [`Cluster::clear_disk`] (a stalled disk).

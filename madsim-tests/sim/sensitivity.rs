@@ -42,7 +42,7 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
             }),
         ],
         Bug::LeaderReadWithoutQuorum => vec![CHAOS],
-        Bug::SinglePhaseCommit => vec![
+        Bug::CorruptWalTakenForTorn => vec![
             CHAOS,
             ("corrupted_disk_is_fenced", || {
                 Box::pin(scenarios::corrupted_disk_is_fenced())

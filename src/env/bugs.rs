@@ -36,10 +36,11 @@ pub enum Bug {
     /// A leader serves a linearizable read from its own state without confirming through a
     /// quorum that it still leads: a deposed leader cut off by a partition answers stale data.
     LeaderReadWithoutQuorum,
-    /// Durable commits use redb's single-phase commit: after a crash, a flipped bit in the newest
-    /// commit passes for a torn write, redb quietly rolls back to the commit before, and the
-    /// member has forgotten entries it acknowledged (found by `corrupted_disk_is_fenced`).
-    SinglePhaseCommit,
+    /// Recovery takes a write-ahead log sector that fails its checksum for one that was never
+    /// written: a flipped bit in the newest entries passes for a torn write and they are
+    /// dropped, so the member has forgotten entries it acknowledged. (The same mistake in redb's
+    /// single-phase commit was found by `corrupted_disk_is_fenced`.)
+    CorruptWalTakenForTorn,
 }
 
 impl Bug {
@@ -53,7 +54,7 @@ impl Bug {
         Bug::KeepAliveWithoutQuorum,
         Bug::CheckpointNotReset,
         Bug::LeaderReadWithoutQuorum,
-        Bug::SinglePhaseCommit,
+        Bug::CorruptWalTakenForTorn,
     ];
 
     #[cfg(madsim)]

@@ -17,7 +17,7 @@
 //! Faults. `fail_reads`, `fail_writes` and `fail_syncs` make the matching calls fail with EIO
 //! (redb then refuses further writes, and the node must stop); `flip_bit` corrupts one durable bit,
 //! and `flip_recent_bit` one of the bytes the last few fsyncs made durable (bit rot where it
-//! matters most: in the newest commit, which a recovering redb cannot tell from a torn one).
+//! matters most: in the newest data, which a careless recovery takes for a torn write).
 //!
 //! Time. An fsync takes `sync_latency` of simulated time (default 1 ms, madsim's timer grain; a
 //! real fdatasync here takes ~0.14 ms). redb calls `sync_data` synchronously, so the latency is
@@ -131,6 +131,17 @@ impl SimDisk {
         }
     }
 
+    /// Every file's name, sorted.
+    pub fn file_names(&self) -> Vec<String> {
+        let state = self.state.lock().expect("sim disk lock");
+        state.files.keys().cloned().collect()
+    }
+
+    /// Removes file `name`; durable at once (a simulated disk loses contents, never names).
+    pub fn remove_file(&self, name: &str) {
+        self.state.lock().expect("sim disk lock").files.remove(name);
+    }
+
     pub fn file_len(&self, name: &str) -> Option<u64> {
         let state = self.state.lock().expect("sim disk lock");
         state.files.get(name).map(|file| file.visible.len() as u64)
@@ -233,6 +244,45 @@ impl SimDisk {
         Some(offset)
     }
 
+    /// Flips one bit in a byte that one of the last few fsyncs of any file made durable, chosen
+    /// by `seed` (files weighed by how much they wrote); answers the file and the offset.
+    pub fn flip_recent_bit_in_any_file(&self, seed: u64) -> Option<(String, u64)> {
+        let mut rng = SplitMix64::new(seed);
+        let name = {
+            let state = self.state.lock().expect("sim disk lock");
+            let written: Vec<(String, u64)> = state
+                .files
+                .iter()
+                .map(|(name, file)| {
+                    let bytes = file
+                        .recent
+                        .iter()
+                        .flatten()
+                        .map(|(_, len)| *len as u64)
+                        .sum();
+                    (name.clone(), bytes)
+                })
+                .filter(|(_, bytes)| *bytes > 0)
+                .collect();
+            let total: u64 = written.iter().map(|(_, bytes)| bytes).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut pick = rng.below(total);
+            let mut chosen = None;
+            for (name, bytes) in written {
+                if pick < bytes {
+                    chosen = Some(name);
+                    break;
+                }
+                pick -= bytes;
+            }
+            chosen?
+        };
+        let offset = self.flip_recent_bit(&name, rng.next_u64())?;
+        Some((name, offset))
+    }
+
     /// Holds every fsync's caller (see [`super::Disk::after_sync`]) until unstalled.
     pub fn set_stalled(&self, stalled: bool) {
         self.state.lock().expect("sim disk lock").stalled = stalled;
@@ -270,6 +320,12 @@ impl SimFileBackend {
         let mut state = self.disk.state.lock().expect("sim disk lock");
         if state.epoch != self.epoch {
             return Err(eio("handle fenced by a crash"));
+        }
+        if !state.files.contains_key(&self.name) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "simulated file was removed",
+            ));
         }
         f(&mut state, &self.name)
     }

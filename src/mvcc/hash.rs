@@ -1,5 +1,5 @@
-//! CRC-32C (Castagnoli) and etcd's `HashKV` input: what etcd writes into the hash for each
-//! history row of its `key` bucket.
+//! etcd's `HashKV` input: what etcd writes into the hash for each history row of its `key`
+//! bucket (the checksum itself is `crate::crc32c`).
 //!
 //! etcd hashes the bucket name `"key"`, then for each row in revision order the bolt key — the
 //! revision as 8 bytes main, `_`, 8 bytes sub (big-endian), plus `t` for a tombstone — and the
@@ -11,38 +11,7 @@ use super::Revision;
 use crate::pb::mvccpb;
 use crate::storage::encoding::HistoryEvent;
 
-const CASTAGNOLI: u32 = 0x82f6_3b78;
-
-const fn table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ CASTAGNOLI
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-}
-
-static TABLE: [u32; 256] = table();
-
-/// Continues a CRC-32C over `bytes` (start with 0).
-pub fn crc32c(crc: u32, bytes: &[u8]) -> u32 {
-    let mut crc = !crc;
-    for &byte in bytes {
-        crc = TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
+pub use crate::crc32c::crc32c;
 
 /// Accumulates etcd's `HashKV` over history rows given in revision order.
 pub(crate) struct EtcdKvHasher {

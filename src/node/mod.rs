@@ -125,7 +125,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StorageError(format!("raft config: {e}")))?;
-        let log_store = LogStore::new(db.clone(), disk.clone());
+        let log_store = LogStore::open(disk.clone()).await?;
         let membership = Membership::new(
             vec![config.members.keys().copied().collect::<BTreeSet<u64>>()],
             config.members.clone(),
@@ -136,11 +136,7 @@ impl Node {
                 .bootstrap(config.id, membership)
                 .await
                 .map_err(|e| StorageError(format!("bootstrap: {e}")))?;
-        } else if log_store
-            .is_fresh()
-            .await
-            .map_err(|e| StorageError(e.to_string()))?
-        {
+        } else if log_store.is_fresh() {
             // A member that lost its data must not come back as a new one: it would have forgotten
             // its vote and could vote twice in one term.
             return Err(StorageError(
@@ -149,7 +145,7 @@ impl Node {
                     .to_string(),
             ));
         }
-        let state_machine = StateMachine::open(db.clone())
+        let state_machine = StateMachine::open(db.clone(), disk.clone(), clock.clone())
             .await
             .map_err(|e| StorageError(format!("open state machine: {e}")))?;
         crate::env::probe::record(|| crate::env::probe::Probe::Started);

@@ -1,23 +1,31 @@
-//! The Raft log, vote and committed index, in redb.
+//! The Raft log, vote and committed index, in the write-ahead log (`storage/wal.rs`).
 //!
-//! Durability: `save_vote`, `append`, `truncate_after` and `purge` commit with
-//! `Durability::Immediate` (fsynced, in a two-phase commit: see [`storage::begin_write`]) before
-//! they return, and `append` tells openraft the entries are flushed only after that commit.
-//! openraft hands `append` every entry that queued up while the previous write was in flight, so
-//! one commit covers many client requests (group commit).
-//! `save_committed` is a hint for faster recovery and commits without fsync, so after a crash it
-//! may be older than what this member had acknowledged. That is safe only because a restarted
+//! Durability: `save_vote`, `append`, `truncate_after` and `purge` write their record and
+//! fsync before they return, and `append` tells openraft the entries are flushed only after
+//! that. openraft hands `append` every entry that queued up while the previous write was in
+//! flight, so one fsync covers many client requests (group commit). The committed index is a
+//! hint for faster recovery: kept in memory and written with the next entries, so after a crash
+//! it may be older than what this member had acknowledged. That is safe only because a restarted
 //! member never resumes leadership of its old term (`enable_leader_restore` is off in `node`).
+//!
+//! What is in memory: every entry's log id and frame (24 bytes or so an entry, until purged),
+//! and the bodies of the newest [`CACHED_ENTRIES`], which replication and the state machine
+//! read right after they are appended. Older entries are read back from their frames.
+//!
+//! Replay. The records of every segment, oldest first, rebuild the log: a segment header sets
+//! the vote, the purge point and the last entry before it (on the oldest segment; on the others
+//! it must match what replay has reached), entries replace any entry at their index and after,
+//! a truncation drops the entries after its point, a purge those up to it. A gap between the
+//! purge point and the first entry is corruption: entries that were durable are missing.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::{io_error, Entry, LogId, Membership, TypeConfig, Vote};
@@ -25,37 +33,325 @@ use crate::env::bugs::{self, Bug};
 use crate::env::probe::{self, Probe};
 use crate::env::{self, Disk};
 use crate::pb::raft as pb;
-use crate::storage::{self, META_COMMITTED, META_LAST_PURGED, META_VOTE, RAFT_LOG, RAFT_META};
+use crate::pb::raft::wal_record::Record;
+use crate::storage::wal::{FrameLoc, Wal, WalError, WalReader};
+use crate::storage::StorageError;
 
-/// The log store of one member. Clones share the database (the log reader is a clone).
+/// How many of the newest entries keep their bodies in memory.
+pub const CACHED_ENTRIES: usize = 4096;
+
+/// One entry of the log.
+#[derive(Debug, Clone)]
+struct Slot {
+    log_id: LogId,
+    /// Where its frame is; `None` while its write is in flight.
+    frame: Option<FrameLoc>,
+    /// Its body, for the newest entries and those not yet written.
+    entry: Option<Entry>,
+}
+
+/// The log as replayed and kept up to date.
+#[derive(Debug, Default)]
+struct Log {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    /// The index of `slots[0]`.
+    first_index: u64,
+    slots: VecDeque<Slot>,
+    /// How many slots from the back still have their bodies.
+    cached: usize,
+    /// The highest entry index each segment ever held: a segment goes once a purge passes it.
+    segment_max_index: BTreeMap<u64, u64>,
+}
+
+impl Log {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.slots
+            .back()
+            .map(|slot| slot.log_id)
+            .or(self.last_purged)
+    }
+
+    /// The index the next appended entry may have at most.
+    fn next_index(&self) -> u64 {
+        self.first_index + self.slots.len() as u64
+    }
+
+    /// Drops every entry at `index` and after.
+    fn truncate_from(&mut self, index: u64) {
+        let keep = index.saturating_sub(self.first_index) as usize;
+        if keep < self.slots.len() {
+            let dropped = self.slots.len() - keep;
+            self.slots.truncate(keep);
+            self.cached = self.cached.saturating_sub(dropped);
+        }
+    }
+
+    /// Drops every entry up to and including `log_id` and records the purge.
+    fn purge_to(&mut self, log_id: LogId) {
+        let drop = (log_id.index + 1).saturating_sub(self.first_index) as usize;
+        let drop = drop.min(self.slots.len());
+        self.slots.drain(..drop);
+        self.cached = self.cached.min(self.slots.len());
+        self.first_index = self.first_index.max(log_id.index + 1);
+        if self.slots.is_empty() {
+            self.first_index = log_id.index + 1;
+        }
+        self.last_purged = Some(log_id);
+    }
+
+    /// Appends `entries` (consecutive), replacing any entry at the first one's index and after.
+    fn push(&mut self, entries: Vec<(LogId, Option<Entry>)>) -> Result<(), String> {
+        let Some((first, _)) = entries.first() else {
+            return Ok(());
+        };
+        if self.slots.is_empty() && first.index >= self.first_index {
+            // An empty log may start anywhere after its purge point (openraft's conformance
+            // suite appends so); replay checks separately that purged segments left no gap.
+            self.first_index = first.index;
+        }
+        if first.index > self.next_index() {
+            return Err(format!(
+                "entry {} follows entry {} with a gap",
+                first.index,
+                self.next_index().saturating_sub(1)
+            ));
+        }
+        if first.index < self.first_index {
+            return Err(format!(
+                "entry {} is at or before the purge point {:?}",
+                first.index, self.last_purged
+            ));
+        }
+        self.truncate_from(first.index);
+        for (log_id, entry) in entries {
+            if entry.is_some() {
+                self.cached += 1;
+            }
+            self.slots.push_back(Slot {
+                log_id,
+                frame: None,
+                entry,
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the bodies of written entries beyond the newest [`CACHED_ENTRIES`].
+    fn evict(&mut self) {
+        while self.cached > CACHED_ENTRIES {
+            let position = self.slots.len() - self.cached;
+            let slot = &mut self.slots[position];
+            if slot.frame.is_none() {
+                break;
+            }
+            slot.entry = None;
+            self.cached -= 1;
+        }
+    }
+
+    fn note_frame(&mut self, index: u64, loc: FrameLoc) {
+        let max = self.segment_max_index.entry(loc.segment).or_insert(index);
+        *max = (*max).max(index);
+    }
+
+    /// The state a segment started now begins with.
+    fn segment_header(&self) -> pb::WalSegment {
+        pb::WalSegment {
+            segment: 0,
+            vote: self.vote.as_ref().map(codec::vote_to_pb),
+            last_purged: self.last_purged.as_ref().map(codec::log_id_to_pb),
+            last_log_id: self.last_log_id().as_ref().map(codec::log_id_to_pb),
+            committed: self.committed.as_ref().map(codec::log_id_to_pb),
+        }
+    }
+}
+
+fn wal_io(error: WalError) -> io::Error {
+    io_error(error)
+}
+
+fn decode_error(e: impl std::fmt::Display) -> WalError {
+    WalError::Corrupted(format!("a record does not decode: {e}"))
+}
+
+/// Rebuilds the log from the replayed frames (see the module comment).
+fn replay(frames: Vec<crate::storage::wal::Frame>) -> Result<Log, WalError> {
+    let mut log = Log::default();
+    // On the oldest segment: the last entry before it, which a purge must cover.
+    let mut missing_upto: Option<u64> = None;
+    let mut started = false;
+    for frame in frames {
+        let loc = frame.loc;
+        match frame.record.record {
+            Some(Record::Segment(header)) => {
+                let last_log_id = codec::opt_log_id_from_pb(&header.last_log_id);
+                if !started {
+                    started = true;
+                    log.vote = match &header.vote {
+                        Some(_) => Some(codec::vote_from_pb(&header.vote).map_err(decode_error)?),
+                        None => None,
+                    };
+                    log.committed = codec::opt_log_id_from_pb(&header.committed);
+                    log.last_purged = codec::opt_log_id_from_pb(&header.last_purged);
+                    let next = last_log_id.map_or(0, |log_id| log_id.index + 1);
+                    log.first_index = next;
+                    missing_upto = last_log_id.map(|log_id| log_id.index);
+                } else if last_log_id != log.last_log_id() {
+                    return Err(WalError::Corrupted(format!(
+                        "segment {} starts after {last_log_id:?}, but the log before it ends at {:?}",
+                        header.segment,
+                        log.last_log_id()
+                    )));
+                }
+            }
+            Some(Record::Entries(entries)) => {
+                let mut decoded = Vec::with_capacity(entries.entries.len());
+                for entry in entries.entries {
+                    let entry = codec::entry_from_pb(entry).map_err(decode_error)?;
+                    decoded.push((entry.log_id, None));
+                }
+                let indexes: Vec<u64> = decoded.iter().map(|(id, _)| id.index).collect();
+                if indexes.windows(2).any(|pair| pair[1] != pair[0] + 1) {
+                    return Err(WalError::Corrupted(
+                        "a frame's entries are not consecutive".into(),
+                    ));
+                }
+                log.push(decoded).map_err(WalError::Corrupted)?;
+                for index in indexes {
+                    let position = (index - log.first_index) as usize;
+                    log.slots[position].frame = Some(loc);
+                    log.note_frame(index, loc);
+                }
+                if let Some(committed) = codec::opt_log_id_from_pb(&entries.committed) {
+                    log.committed = log.committed.max(Some(committed));
+                }
+            }
+            Some(Record::Truncate(truncate)) => {
+                let after = codec::opt_log_id_from_pb(&truncate.after);
+                log.truncate_from(after.map_or(0, |log_id| log_id.index + 1));
+                // Entries past the truncation need not have been there.
+                missing_upto = match after {
+                    Some(after) => missing_upto.map(|missing| missing.min(after.index)),
+                    None => None,
+                };
+            }
+            Some(Record::Purged(purged)) => log.purge_to(codec::log_id_from_pb(&purged)),
+            Some(Record::Vote(vote)) => {
+                log.vote = Some(codec::vote_from_pb(&Some(vote)).map_err(decode_error)?)
+            }
+            None => return Err(WalError::Corrupted("an empty record".into())),
+        }
+    }
+    let purged = log.last_purged.map(|log_id| log_id.index);
+    if let Some(missing) = missing_upto {
+        if purged.is_none_or(|purged| purged < missing) {
+            return Err(WalError::Corrupted(format!(
+                "entries up to {missing} were in segments that are gone, but only {purged:?} \
+                 were purged"
+            )));
+        }
+    }
+    log.cached = 0;
+    Ok(log)
+}
+
+/// Reads the entries at `wanted` (index, frame) back from their frames, each frame once.
+fn read_entries(
+    reader: &WalReader,
+    wanted: Vec<(u64, FrameLoc)>,
+) -> Result<Vec<(u64, Entry)>, WalError> {
+    let mut frames: BTreeMap<(u64, u64), Vec<pb::Entry>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(wanted.len());
+    for (index, loc) in wanted {
+        let frame = match frames.entry((loc.segment, loc.offset)) {
+            std::collections::btree_map::Entry::Occupied(frame) => frame.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let Some(Record::Entries(entries)) = reader.read(loc)?.record else {
+                    return Err(WalError::Corrupted(format!("no entries at {loc:?}")));
+                };
+                slot.insert(entries.entries)
+            }
+        };
+        let entry = frame
+            .iter()
+            .find(|e| e.log_id.as_ref().is_some_and(|id| id.index == index))
+            .cloned()
+            .ok_or_else(|| WalError::Corrupted(format!("entry {index} is not at {loc:?}")))?;
+        out.push((index, codec::entry_from_pb(entry).map_err(decode_error)?));
+    }
+    Ok(out)
+}
+
+/// What the store's clones share.
+struct Shared {
+    log: Mutex<Log>,
+    writer: Mutex<Wal>,
+    reader: WalReader,
+}
+
+/// The log store of one member. Clones share the log (the log reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     disk: Disk,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>, disk: Disk) -> Self {
-        Self { db, disk }
+    /// Opens the member's log on `disk`, replaying it.
+    pub async fn open(disk: Disk) -> Result<LogStore, StorageError> {
+        let opener = disk.clone();
+        let opened = env::blocking(move || -> Result<_, WalError> {
+            let segment_bytes = opener.wal_segment_bytes();
+            let (wal, frames) = Wal::open(&opener, segment_bytes, Log::default().segment_header())?;
+            let log = replay(frames)?;
+            Ok((wal, log))
+        })
+        .await;
+        let (wal, log) = opened.map_err(|e| {
+            let hint = match e {
+                WalError::Corrupted(_) => {
+                    "; this member's data cannot be trusted: the member must be replaced, not \
+                     restarted on it"
+                }
+                WalError::Io(_) => "",
+            };
+            StorageError(format!("open the log on {}: {e}{hint}", disk.describe()))
+        })?;
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                log: Mutex::new(log),
+                reader: wal.reader(),
+                writer: Mutex::new(wal),
+            }),
+            disk,
+        })
     }
 
-    async fn write<T: Send + 'static>(
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.shared.log.lock().expect("log lock")
+    }
+
+    /// Writes `records` durably (unless `sync` is false) in one write; answers where they went.
+    /// `header` is the log's state before them, for a segment started on the way.
+    async fn write(
         &self,
-        durability: Durability,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, io::Error> + Send + 'static,
-    ) -> Result<T, io::Error> {
-        let db = self.db.clone();
-        let write = move || -> Result<T, io::Error> {
-            let txn = storage::begin_write(&db, durability).map_err(io_error)?;
-            let value = f(&txn)?;
-            txn.commit().map_err(io_error)?;
-            Ok(value)
-        };
-        let value = env::blocking(write).await?;
-        if matches!(durability, Durability::Immediate) {
+        records: Vec<pb::WalRecord>,
+        sync: bool,
+        header: pb::WalSegment,
+    ) -> Result<Vec<FrameLoc>, io::Error> {
+        let shared = self.shared.clone();
+        let (locs, _started) = env::blocking(move || {
+            let mut wal = shared.writer.lock().expect("wal writer lock");
+            wal.append(&records, sync, || header)
+        })
+        .await
+        .map_err(wal_io)?;
+        if sync {
             self.disk.after_sync().await;
         }
-        Ok(value)
+        Ok(locs)
     }
 
     /// Writes the first boot's state, as etcd bootstraps a member: the initial membership as
@@ -65,73 +361,45 @@ impl LogStore {
     /// Voting for itself in term 1 is safe: no member campaigns in term 1, every member starts
     /// there, so no leader of term 1 can exist.
     pub async fn bootstrap(&self, id: u64, membership: Membership) -> Result<bool, io::Error> {
+        if !self.is_fresh() {
+            return Ok(false);
+        }
         let entry = Entry {
             log_id: LogId::new_term_index(0, 0),
             payload: openraft::EntryPayload::Membership(membership),
         };
-        let entry = codec::entry_to_pb(&entry).encode_to_vec();
-        let vote = codec::vote_to_pb(&Vote::new(1, id)).encode_to_vec();
-        self.write(Durability::Immediate, move |txn| {
-            let mut log = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            let mut meta = txn.open_table(RAFT_META).map_err(io_error)?;
-            let fresh = log.first().map_err(io_error)?.is_none()
-                && meta.get(META_VOTE).map_err(io_error)?.is_none();
-            if fresh {
-                log.insert(0, entry.as_slice()).map_err(io_error)?;
-                meta.insert(META_VOTE, vote.as_slice()).map_err(io_error)?;
-            }
-            Ok(fresh)
-        })
-        .await
+        let vote = Vote::new(1, id);
+        let records = vec![
+            pb::WalRecord {
+                record: Some(Record::Entries(pb::WalEntries {
+                    entries: vec![codec::entry_to_pb(&entry)],
+                    committed: None,
+                })),
+            },
+            pb::WalRecord {
+                record: Some(Record::Vote(codec::vote_to_pb(&vote))),
+            },
+        ];
+        let header = {
+            let mut log = self.log();
+            let header = log.segment_header();
+            log.push(vec![(entry.log_id, Some(entry.clone()))])
+                .map_err(io_error)?;
+            header
+        };
+        let locs = self.write(records, true, header).await?;
+        let mut log = self.log();
+        log.slots[0].frame = Some(locs[0]);
+        log.note_frame(0, locs[0]);
+        log.vote = Some(vote);
+        Ok(true)
     }
 
     /// Whether this store has never been written (no log entry, no vote).
-    pub async fn is_fresh(&self) -> Result<bool, io::Error> {
-        let has_vote = self.read_meta(META_VOTE).await?.is_some();
-        let db = self.db.clone();
-        let has_log = env::blocking(move || -> Result<bool, io::Error> {
-            let txn = db.begin_read().map_err(io_error)?;
-            let log = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            let first = log.first().map_err(io_error)?;
-            Ok(first.is_some())
-        })
-        .await?;
-        Ok(!has_vote && !has_log)
+    pub fn is_fresh(&self) -> bool {
+        let log = self.log();
+        log.vote.is_none() && log.slots.is_empty() && log.last_purged.is_none()
     }
-
-    async fn read_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, io::Error> {
-        let db = self.db.clone();
-        env::blocking(move || {
-            let txn = db.begin_read().map_err(io_error)?;
-            let table = txn.open_table(RAFT_META).map_err(io_error)?;
-            Ok(table
-                .get(key)
-                .map_err(io_error)?
-                .map(|value| value.value().to_vec()))
-        })
-        .await
-    }
-
-    async fn read_log_id(&self, key: &'static str) -> Result<Option<LogId>, io::Error> {
-        match self.read_meta(key).await? {
-            Some(bytes) => {
-                let log_id = pb::LogId::decode(bytes.as_slice()).map_err(io_error)?;
-                Ok(Some(codec::log_id_from_pb(&log_id)))
-            }
-            None => Ok(None),
-        }
-    }
-}
-
-fn put_meta(txn: &redb::WriteTransaction, key: &str, value: &[u8]) -> Result<(), io::Error> {
-    let mut table = txn.open_table(RAFT_META).map_err(io_error)?;
-    table.insert(key, value).map_err(io_error)?;
-    Ok(())
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<Entry, io::Error> {
-    let entry = pb::Entry::decode(bytes).map_err(io_error)?;
-    codec::entry_from_pb(entry).map_err(io_error)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -139,36 +407,50 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        let db = self.db.clone();
-        env::blocking(move || {
-            let txn = db.begin_read().map_err(io_error)?;
-            let table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            let mut entries = Vec::new();
-            for item in table.range::<u64>(bounds).map_err(io_error)? {
-                let (index, bytes) = item.map_err(io_error)?;
-                let entry = decode_entry(bytes.value())?;
-                assert_eq!(
-                    entry.log_id.index,
-                    index.value(),
-                    "log entry stored at wrong index"
-                );
-                entries.push(entry);
+        // What is in memory now, and which frames to read for the rest.
+        let (start, mut found, wanted) = {
+            let log = self.log();
+            let start = match range.start_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&i) => i + 1,
+                Bound::Unbounded => 0,
             }
-            Ok(entries)
-        })
-        .await
+            .max(log.first_index);
+            let end = match range.end_bound() {
+                Bound::Included(&i) => i.saturating_add(1),
+                Bound::Excluded(&i) => i,
+                Bound::Unbounded => u64::MAX,
+            }
+            .min(log.next_index());
+            let mut found: Vec<Option<Entry>> = Vec::new();
+            let mut wanted: Vec<(u64, FrameLoc)> = Vec::new();
+            for index in start..end {
+                let slot = &log.slots[(index - log.first_index) as usize];
+                match (&slot.entry, slot.frame) {
+                    (Some(entry), _) => found.push(Some(entry.clone())),
+                    (None, Some(frame)) => {
+                        wanted.push((index, frame));
+                        found.push(None);
+                    }
+                    (None, None) => unreachable!("an entry in flight keeps its body"),
+                }
+            }
+            (start, found, wanted)
+        };
+        if !wanted.is_empty() {
+            let reader = self.shared.reader.clone();
+            let read = env::blocking(move || read_entries(&reader, wanted))
+                .await
+                .map_err(wal_io)?;
+            for (index, entry) in read {
+                found[(index - start) as usize] = Some(entry);
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        match self.read_meta(META_VOTE).await? {
-            Some(bytes) => {
-                let vote = pb::Vote::decode(bytes.as_slice()).map_err(io_error)?;
-                Ok(Some(codec::vote_from_pb(&Some(vote)).map_err(io_error)?))
-            }
-            None => Ok(None),
-        }
+        Ok(self.log().vote)
     }
 }
 
@@ -176,21 +458,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged = self.read_log_id(META_LAST_PURGED).await?;
-        let db = self.db.clone();
-        let last = env::blocking(move || -> Result<Option<LogId>, io::Error> {
-            let txn = db.begin_read().map_err(io_error)?;
-            let table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            let last = match table.last().map_err(io_error)? {
-                Some((_, bytes)) => Some(decode_entry(bytes.value())?.log_id),
-                None => None,
-            };
-            Ok(last)
-        })
-        .await?;
+        let log = self.log();
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: log.last_purged,
+            last_log_id: log.last_log_id(),
         })
     }
 
@@ -200,12 +471,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let pb = codec::vote_to_pb(vote);
-        let bytes = pb.encode_to_vec();
         if !bugs::enabled(Bug::VoteNotDurable) {
-            self.write(Durability::Immediate, move |txn| {
-                put_meta(txn, META_VOTE, &bytes)
-            })
-            .await?;
+            let record = pb::WalRecord {
+                record: Some(Record::Vote(pb)),
+            };
+            let header = self.log().segment_header();
+            self.write(vec![record], true, header).await?;
+            self.log().vote = Some(*vote);
         }
         probe::record(|| Probe::Vote {
             term: pb.term,
@@ -216,18 +488,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let Some(committed) = committed else {
-            return Ok(());
-        };
-        let bytes = codec::log_id_to_pb(&committed).encode_to_vec();
-        self.write(Durability::None, move |txn| {
-            put_meta(txn, META_COMMITTED, &bytes)
-        })
-        .await
+        if committed.is_some() {
+            self.log().committed = committed;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.read_log_id(META_COMMITTED).await
+        Ok(self.log().committed)
     }
 
     async fn append<I>(
@@ -239,31 +507,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|entry| {
-                (
-                    entry.log_id.index,
-                    codec::entry_to_pb(&entry).encode_to_vec(),
-                )
-            })
-            .collect();
-        let durability = if bugs::enabled(Bug::AckBeforeDurable) {
-            Durability::None
-        } else {
-            Durability::Immediate
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let record = pb::WalRecord {
+            record: Some(Record::Entries(pb::WalEntries {
+                entries: entries.iter().map(codec::entry_to_pb).collect(),
+                committed: self.log().committed.as_ref().map(codec::log_id_to_pb),
+            })),
         };
-        let result = self
-            .write(durability, move |txn| {
-                let mut table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(io_error)?;
+        let first = entries[0].log_id.index;
+        let count = entries.len() as u64;
+        // Readable (replication reads them) before they are written.
+        let pushed = {
+            let mut log = self.log();
+            let header = log.segment_header();
+            log.push(entries.into_iter().map(|e| (e.log_id, Some(e))).collect())
+                .map(|()| header)
+        };
+        let header = match pushed {
+            Ok(header) => header,
+            Err(why) => {
+                let error = io_error(why);
+                callback.io_completed(Err(io::Error::other(error.to_string())));
+                return Err(error);
+            }
+        };
+        let sync = !bugs::enabled(Bug::AckBeforeDurable);
+        match self.write(vec![record], sync, header).await {
+            Ok(locs) => {
+                let mut log = self.log();
+                for index in first..first + count {
+                    let position = (index - log.first_index) as usize;
+                    log.slots[position].frame = Some(locs[0]);
+                    log.note_frame(index, locs[0]);
                 }
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => {
+                log.evict();
+                drop(log);
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -275,28 +557,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = last_log_id.map_or(0, |log_id| log_id.index + 1);
-        self.write(Durability::Immediate, move |txn| {
-            let mut table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            table
-                .retain_in::<u64, _>(from.., |_, _| false)
-                .map_err(io_error)?;
-            Ok(())
-        })
-        .await
+        let record = pb::WalRecord {
+            record: Some(Record::Truncate(pb::WalTruncate {
+                after: last_log_id.as_ref().map(codec::log_id_to_pb),
+            })),
+        };
+        let header = self.log().segment_header();
+        self.write(vec![record], true, header).await?;
+        self.log()
+            .truncate_from(last_log_id.map_or(0, |log_id| log_id.index + 1));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let bytes = codec::log_id_to_pb(&log_id).encode_to_vec();
-        self.write(Durability::Immediate, move |txn| {
-            let mut table = txn.open_table(RAFT_LOG).map_err(io_error)?;
-            table
-                .retain_in::<u64, _>(..=log_id.index, |_, _| false)
-                .map_err(io_error)?;
-            drop(table);
-            put_meta(txn, META_LAST_PURGED, &bytes)
+        let record = pb::WalRecord {
+            record: Some(Record::Purged(codec::log_id_to_pb(&log_id))),
+        };
+        let header = self.log().segment_header();
+        self.write(vec![record], true, header).await?;
+        // Segments whose entries are all purged now go; the oldest one kept still starts with
+        // the state replay needs (its header), and the purge record is in the newest.
+        let keep_from = {
+            let mut log = self.log();
+            log.purge_to(log_id);
+            let keep_from = log
+                .segment_max_index
+                .iter()
+                .find(|(_, max)| **max > log_id.index)
+                .map(|(segment, _)| *segment);
+            log.segment_max_index
+                .retain(|segment, _| keep_from.is_none_or(|keep| *segment >= keep));
+            keep_from
+        };
+        let shared = self.shared.clone();
+        env::blocking(move || {
+            let mut wal = shared.writer.lock().expect("wal writer lock");
+            let keep_from = keep_from.unwrap_or(wal.current_segment());
+            wal.remove_segments_before(keep_from)
         })
         .await
+        .map_err(wal_io)
     }
 }
 
@@ -318,14 +618,117 @@ mod tests {
             crate::storage::create_tables(&db)
                 .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
             let db = Arc::new(db);
+            let disk = crate::env::SimDisk::new();
+            disk.set_sync_latency(crate::env::Duration::ZERO);
+            let disk = Disk::Sim(disk);
+            let log = LogStore::open(disk.clone())
+                .await
+                .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
             Ok((
                 (),
-                LogStore::new(db.clone(), Disk::Sim(crate::env::SimDisk::new())),
-                StateMachine::open(db)
+                log,
+                StateMachine::open(db, disk, crate::env::Clock::new())
                     .await
                     .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?,
             ))
         }
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new_term_index(term, index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn put(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new_term_index(term, index),
+            payload: openraft::EntryPayload::Normal(pb::Command {
+                op: Some(pb::command::Op::Put(crate::pb::etcdserverpb::PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: vec![index as u8; 8000].into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn everything(store: &mut LogStore) -> (LogState<TypeConfig>, Option<Vote>, Vec<Entry>) {
+        let state = store.get_log_state().await.unwrap();
+        let vote = store.read_vote().await.unwrap();
+        let entries = store.try_get_log_entries(0..).await.unwrap();
+        (state, vote, entries)
+    }
+
+    /// A restart (or a power loss: everything was fsynced) gives back the log as it was: votes,
+    /// entries over several segments, a truncation and a purge that removed whole segments.
+    #[test]
+    fn the_log_replays_after_a_restart() {
+        TypeConfig::run(async {
+            let sim = crate::env::SimDisk::new();
+            sim.set_sync_latency(crate::env::Duration::ZERO);
+            let disk = Disk::Sim(sim.clone());
+            let mut store = LogStore::open(disk.clone()).await.unwrap();
+            assert!(store.is_fresh());
+            store.save_vote(&Vote::new(2, 1)).await.unwrap();
+            store
+                .append([blank(2, 0)], IOFlushed::noop())
+                .await
+                .unwrap();
+            for batch in 0..40u64 {
+                let entries = (1..=10).map(|i| put(2, batch * 10 + i));
+                store.append(entries, IOFlushed::noop()).await.unwrap();
+            }
+            store
+                .save_committed(Some(LogId::new_term_index(2, 380)))
+                .await
+                .unwrap();
+            store
+                .truncate_after(Some(LogId::new_term_index(2, 390)))
+                .await
+                .unwrap();
+            store.save_vote(&Vote::new(3, 2)).await.unwrap();
+            store
+                .append((391..=395).map(|i| put(3, i)), IOFlushed::noop())
+                .await
+                .unwrap();
+            let segments = disk.list_files("wal-").unwrap().len();
+            assert!(segments >= 4, "{segments} segments");
+            store.purge(LogId::new_term_index(2, 250)).await.unwrap();
+            let left = disk.list_files("wal-").unwrap().len();
+            assert!(
+                left < segments,
+                "purge removed no segment ({left} of {segments})"
+            );
+            let before = everything(&mut store).await;
+            assert_eq!(
+                before.0.last_purged_log_id,
+                Some(LogId::new_term_index(2, 250))
+            );
+            assert_eq!(before.0.last_log_id, Some(LogId::new_term_index(3, 395)));
+            assert_eq!(before.2.len(), 145);
+            assert_eq!(before.2[0].log_id, LogId::new_term_index(2, 251));
+            assert!(before
+                .2
+                .iter()
+                .all(|e| e.log_id.index <= 390 || e.log_id.leader_id.term == 3));
+            drop(store);
+            for restart in 0..2 {
+                if restart == 1 {
+                    sim.crash(crate::env::sim_disk::CrashMode::DropUnsynced, 7);
+                }
+                let mut again = LogStore::open(disk.clone()).await.unwrap();
+                let after = everything(&mut again).await;
+                assert_eq!(
+                    format!("{:?}", after),
+                    format!("{before:?}"),
+                    "restart {restart}"
+                );
+                assert!(!again.is_fresh());
+            }
+        });
     }
 
     /// openraft's conformance suite for log stores and state machines, on ours.

@@ -1,12 +1,18 @@
 //! The Raft state machine: applies committed entries to the MVCC store in redb, and builds and
 //! installs snapshots of it.
 //!
-//! Durability: a batch of applied entries commits with `Durability::None`. What it records as
-//! applied may therefore be lost in a crash — but never gets ahead of the log: an entry is
-//! applied only after it is durably in this member's log, and the log store's next `Immediate`
-//! commit (same database) persists every earlier state-machine commit. After a crash openraft
-//! re-applies from the durable `last_applied` onwards. Snapshots and their installation commit
-//! with `Durability::Immediate`.
+//! Durability: a batch of applied entries commits with `Durability::None`, and one batch a
+//! [`SYNC_INTERVAL`] (or every [`SYNC_EVERY_ENTRIES`] entries) commits durably, which makes
+//! the ones before it durable too. What a crash takes back is re-applied from the write-ahead
+//! log: an entry is applied only after it is durably in this member's log, and the log is
+//! purged only up to a snapshot, which is built after a durable commit (so never past what the
+//! state machine has made durable). Snapshot installation commits durably.
+//!
+//! Why not more often: a durable commit is two fsyncs of everything written since the last
+//! one, and the batch that makes it waits for them. Once every 64 batches it was a single
+//! client's p99 (7-9 ms against 1.0 ms without; `put --clients 1` on one node). redb reuses at
+//! once the pages that non-durable commits wrote and later freed, so the file does not grow
+//! with the interval, only with what was written since the last durable commit.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -20,8 +26,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransacti
 use super::codec;
 use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{self, CommandResponse, CommandResult};
-use crate::env;
 use crate::env::probe::{self, Probe};
+use crate::env::{self, Clock, Disk, Duration, Instant};
 use crate::mvcc::leases::{LeaseEvent, LeaseFeed};
 use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
@@ -32,10 +38,21 @@ use crate::storage::{
 };
 use crate::watch::{Applied, Hub};
 
+/// Time between two durable commits, at most (while entries are applied).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Applied entries between two durable commits, at most: bounds the replay after a crash.
+pub const SYNC_EVERY_ENTRIES: u64 = 65536;
+
 /// The state machine of one member. Clones share the database and the current snapshot.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    /// Where `db` lives: a simulated fsync takes simulated time.
+    disk: Disk,
+    clock: Clock,
+    /// The last durable commit, and the entries applied since.
+    synced_at: Instant,
+    unsynced_entries: u64,
     current_snapshot: Arc<Mutex<Option<Snapshot>>>,
     /// Told about every applied batch (after it is committed) and every installed snapshot.
     pub hub: Arc<Hub>,
@@ -144,8 +161,8 @@ where
 }
 
 impl StateMachine {
-    /// The state machine over `db`, its watch hub starting at what `db` has applied.
-    pub async fn open(db: Arc<Database>) -> Result<Self, io::Error> {
+    /// The state machine over `db` (on `disk`), its watch hub starting at what `db` has applied.
+    pub async fn open(db: Arc<Database>, disk: Disk, clock: Clock) -> Result<Self, io::Error> {
         let reader = db.clone();
         let applied = env::blocking(move || {
             let txn = reader.begin_read().map_err(io_error)?;
@@ -158,6 +175,10 @@ impl StateMachine {
         .await?;
         Ok(Self {
             db,
+            disk,
+            synced_at: clock.monotonic(),
+            clock,
+            unsynced_entries: 0,
             current_snapshot: Arc::new(Mutex::new(None)),
             hub: Hub::new(applied),
             leases: Arc::default(),
@@ -207,7 +228,9 @@ impl StateMachine {
             let txn = storage::begin_write(&db, Durability::Immediate).map_err(io_error)?;
             txn.commit().map_err(io_error)
         })
-        .await
+        .await?;
+        self.disk.after_sync().await;
+        Ok(())
     }
 
     fn dump(txn: &redb::ReadTransaction) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
@@ -392,10 +415,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
+        self.unsynced_entries += batch.len() as u64;
+        let now = self.clock.monotonic();
+        let durable = self.unsynced_entries >= SYNC_EVERY_ENTRIES
+            || now.since(self.synced_at) >= SYNC_INTERVAL;
+        let durability = if durable {
+            self.unsynced_entries = 0;
+            self.synced_at = now;
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         let db = self.db.clone();
         let (batch, responses, changes, applied) =
             env::blocking(move || -> Result<_, io::Error> {
-                let txn = storage::begin_write(&db, Durability::None).map_err(io_error)?;
+                let txn = storage::begin_write(&db, durability).map_err(io_error)?;
                 let mut revision = {
                     let meta = txn.open_table(SM_META).map_err(io_error)?;
                     revision_in(&meta)?
@@ -463,6 +497,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok((batch, responses, (changes, lease_events), applied))
             })
             .await?;
+        if durable {
+            self.disk.after_sync().await;
+        }
         let (changes, lease_events) = changes;
         self.leases.publish(lease_events);
         self.hub.publish(changes, applied);
@@ -475,8 +512,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Durable first: the log is purged up to the snapshot once it is built, and what the
+        // state machine holds only in non-durable commits could not be replayed after that.
+        let durable = self.sync().await.is_ok();
+        self.unsynced_entries = 0;
+        self.synced_at = self.clock.monotonic();
         SnapshotBuilder {
-            view: self.db.begin_read().ok(),
+            view: durable.then(|| self.db.begin_read().ok()).flatten(),
             current_snapshot: self.current_snapshot.clone(),
         }
     }

@@ -1,13 +1,13 @@
-//! Every redb table of a detcd member and every key/value encoding, in one place.
+//! Every redb table of a detcd member and every key/value encoding, in one place; the
+//! write-ahead log's format is in [`wal`].
 //!
-//! One redb database per member (`member/detcd.redb` in the data directory) holds both the Raft
-//! log and the state machine, so one `Immediate` commit of a log append also makes every earlier
-//! state-machine commit (which may use `Durability::None`) durable.
+//! A member's data directory holds one redb database (`detcd.redb`) with the state machine, and
+//! the write-ahead log's segments (`wal-<id>.log`) with the Raft log and votes. The state machine
+//! commits with `Durability::None` and durably only now and then (`raft/state_machine.rs`): what
+//! a crash takes back is replayed from the log.
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `raft_meta` | `"vote"`, `"committed"`, `"last_purged"` | protobuf (`detcd.raft`) |
-//! | `raft_log` | Raft log index | protobuf `detcd.raft.Entry` |
 //! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
 //! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
@@ -22,11 +22,10 @@
 //! Architecture Invariant: no other module defines a table or decides a byte layout.
 
 pub mod encoding;
+pub mod wal;
 
 use redb::TableDefinition;
 
-pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
@@ -34,9 +33,6 @@ pub const KV_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::ne
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), u8> = TableDefinition::new("lease_keys");
 
-pub const META_VOTE: &str = "vote";
-pub const META_COMMITTED: &str = "committed";
-pub const META_LAST_PURGED: &str = "last_purged";
 pub const META_LAST_APPLIED: &str = "last_applied";
 pub const META_MEMBERSHIP: &str = "membership";
 pub const META_REVISION: &str = "revision";
@@ -79,19 +75,18 @@ storage_error_from!(
 ///
 /// Why two phases: redb's default single-phase commit tells a torn commit only by its checksums,
 /// so after an unclean shutdown it quietly rolls back to the previous commit when the newest one
-/// fails them, and one flipped bit in the newest commit looks just like a torn write. A member
-/// that forgot what it acknowledged (a vote, appended entries) breaks Raft: with its vote, a
-/// leader without those entries can be elected and acknowledged writes are lost. After a
-/// two-phase commit the newest commit is known complete, so a checksum failure is reported as
-/// corruption and the member refuses to start (`corrupted_disk_is_fenced` in the simulation).
-/// The price is a second fsync per durable commit.
+/// fails them, and one flipped bit in the newest commit looks just like a torn write. (When the
+/// Raft log lived in redb this lost acknowledged entries: `corrupted_disk_is_fenced` in the
+/// simulation.) The state machine could replay a rolled-back commit from the log, but not once
+/// a purge has passed it. After a two-phase commit the newest commit is known complete, so a
+/// checksum failure is reported as corruption and the member refuses to start. The price is a
+/// second fsync per durable commit, which the state machine makes only now and then.
 pub fn begin_write(
     db: &redb::Database,
     durability: redb::Durability,
 ) -> Result<redb::WriteTransaction, redb::Error> {
     let mut txn = db.begin_write()?;
-    let single_phase = crate::env::bugs::enabled(crate::env::bugs::Bug::SinglePhaseCommit);
-    txn.set_two_phase_commit(matches!(durability, redb::Durability::Immediate) && !single_phase);
+    txn.set_two_phase_commit(matches!(durability, redb::Durability::Immediate));
     txn.set_durability(durability)?;
     Ok(txn)
 }
@@ -99,8 +94,6 @@ pub fn begin_write(
 /// Creates every table, so readers never meet a missing one.
 pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     let txn = begin_write(db, redb::Durability::Immediate)?;
-    txn.open_table(RAFT_META)?;
-    txn.open_table(RAFT_LOG)?;
     txn.open_table(SM_META)?;
     txn.open_table(KV)?;
     txn.open_table(KV_REVISIONS)?;
