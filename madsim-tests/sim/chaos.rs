@@ -20,10 +20,12 @@ use crate::watch::{check_watchers, Spec, Watcher};
 /// with its outcome and time, and what each checker counted).
 pub async fn chaos() -> u64 {
     let options = Options::draw();
-    let mut cluster = Cluster::start_with_flags(
-        options.size,
-        &["--experimental-watch-progress-notify-interval=500ms"],
-    );
+    let snapshot_count = options
+        .snapshot_count
+        .map(|count| format!("--snapshot-count={count}"));
+    let mut flags = vec!["--experimental-watch-progress-notify-interval=500ms"];
+    flags.extend(snapshot_count.as_deref());
+    let mut cluster = Cluster::start_with_flags(options.size, &flags);
     cluster.record(format!("options: {options}"));
     if std::env::var_os("DETCD_SIM_VERBOSE").is_some() {
         println!("options: {options}");

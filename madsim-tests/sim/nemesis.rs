@@ -90,6 +90,9 @@ pub struct Options {
     /// Service providers with leases: (TTL in seconds, how long each keeps its lease alive,
     /// whether it revokes at the end rather than just stopping).
     pub providers: Vec<(i64, Duration, bool)>,
+    /// `--snapshot-count`, when small enough for snapshots to happen within a seed: members then
+    /// purge their logs, and one that falls behind or restarts is sent a snapshot.
+    pub snapshot_count: Option<u64>,
 }
 
 impl fmt::Display for Options {
@@ -97,7 +100,7 @@ impl fmt::Display for Options {
         write!(
             f,
             "{} members, {:?} s of faults {:?}, each {:?} apart {:?}, double {:.2}, {} clients on \
-             {} keys mix {:?} think {:?}, {} watchers, leases {:?}",
+             {} keys mix {:?} think {:?}, {} watchers, leases {:?}, snapshot count {:?}",
             self.size,
             self.safety.as_secs(),
             self.kinds,
@@ -109,7 +112,8 @@ impl fmt::Display for Options {
             self.workload.weights,
             self.workload.think,
             self.watchers,
-            self.providers
+            self.providers,
+            self.snapshot_count
         )
     }
 }
@@ -169,6 +173,8 @@ impl Options {
             },
             watchers: rng.gen_range(0..3),
             providers,
+            // Drawn last, so the options above stay what each seed drew before it existed.
+            snapshot_count: rng.gen_bool(0.4).then(|| rng.gen_range(10..60)),
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum Probe {
     /// The member's state machine applied the entry at `index`, written in `term`, whose
     /// encoding hashes to `digest`.
     Applied { index: u64, term: u64, digest: u64 },
+    /// The member's state machine was replaced by a snapshot of everything up to `index`.
+    SnapshotInstalled { index: u64 },
 }
 
 #[cfg(madsim)]

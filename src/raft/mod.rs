@@ -78,7 +78,8 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type Membership = openraft::Membership<u64, MemberNode>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+pub type Snapshot =
+    openraft::type_config::alias::SnapshotOf<TypeConfig, state_machine::SnapshotData>;
 
 /// An I/O error for openraft from any error of ours.
 pub(crate) fn io_error(error: impl fmt::Display) -> std::io::Error {

@@ -93,7 +93,7 @@ impl PeerClient {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = super::state_machine::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -130,10 +130,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // A snapshot this member built is encoded only now, when a follower needs it.
+        let data = snapshot.snapshot.encode().await.map_err(|error| {
+            let source = openraft::errors::ErrorSource::from_error(&error);
+            let signature = Some(snapshot.meta.signature());
+            StreamingError::StorageError(openraft::StorageError::read_snapshot(signature, source))
+        })?;
         let request = pb::InstallSnapshotRequest {
             vote: Some(codec::vote_to_pb(&vote)),
             meta: Some(codec::snapshot_meta_to_pb(&snapshot.meta)),
-            data: snapshot.snapshot,
+            data,
         };
         let send = self.call(option.hard_ttl(), |mut client| async move {
             client.install_snapshot(request).await

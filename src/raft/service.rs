@@ -59,7 +59,7 @@ impl Raft for RaftService {
         let meta = codec::snapshot_meta_from_pb(&request.meta).map_err(invalid)?;
         let snapshot = Snapshot {
             meta,
-            snapshot: request.data,
+            snapshot: super::state_machine::SnapshotData::Encoded(request.data),
         };
         let response = self
             .raft

@@ -233,6 +233,16 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The meta of a snapshot of `txn`'s view: what it had applied, and its membership.
+    fn snapshot_meta(txn: &redb::ReadTransaction) -> Result<SnapshotMeta, io::Error> {
+        let meta_table = txn.open_table(SM_META).map_err(io_error)?;
+        let state = read_applied_state(&meta_table)?;
+        Ok(SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership,
+        })
+    }
+
     fn dump(txn: &redb::ReadTransaction) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
         let meta_table = txn.open_table(SM_META).map_err(io_error)?;
         let state = read_applied_state(&meta_table)?;
@@ -351,6 +361,32 @@ fn install_data(
     Ok(())
 }
 
+/// A snapshot's data. One this member built is a pinned redb view of the state machine at the
+/// snapshot's index, encoded only when a follower needs it, so a member never holds a second,
+/// encoded copy of its whole state (at 100,000 keys of 256 B that copy was 66 MB, and openraft
+/// builds one at every start). One received from a leader is its encoded bytes until installed.
+///
+/// The cost moves to the disk: pages the view pins are not reused until the next snapshot
+/// replaces it (`--snapshot-count` entries later), so a store whose every key is rewritten in
+/// that span holds up to two versions of its pages.
+#[derive(Clone)]
+pub enum SnapshotData {
+    View(Arc<redb::ReadTransaction>),
+    Encoded(Vec<u8>),
+}
+
+impl SnapshotData {
+    /// The encoded snapshot (`pb::SnapshotData`); a view is dumped off the async path.
+    pub async fn encode(self) -> Result<Vec<u8>, io::Error> {
+        match self {
+            SnapshotData::Encoded(bytes) => Ok(bytes),
+            SnapshotData::View(view) => {
+                env::blocking(move || StateMachine::dump(&view).map(|(_, bytes)| bytes)).await
+            }
+        }
+    }
+}
+
 /// Makes `snapshot` the current one unless a newer one is already there: a build runs in its
 /// own task, so an installed (newer) snapshot may land before an older build finishes.
 fn keep_newest(current: &Mutex<Option<Snapshot>>, snapshot: Snapshot) {
@@ -374,22 +410,24 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let view = self
             .view
             .take()
             .ok_or_else(|| io_error("snapshot builder used twice, or no view to build from"))?;
-        let (meta, snapshot) = env::blocking(move || StateMachine::dump(&view)).await?;
-        let snapshot = Snapshot { meta, snapshot };
+        let snapshot = Snapshot {
+            meta: StateMachine::snapshot_meta(&view)?,
+            snapshot: SnapshotData::View(Arc::new(view)),
+        };
         keep_newest(&self.current_snapshot, snapshot.clone());
         Ok(snapshot)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -528,7 +566,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = pb::SnapshotData::decode(snapshot.as_slice()).map_err(io_error)?;
+        let encoded = snapshot.encode().await?;
+        let data = pb::SnapshotData::decode(encoded.as_slice()).map_err(io_error)?;
+        drop(encoded);
         let state = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -539,15 +579,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             revision: data.revision,
             compacted: data.compacted.unwrap_or(mvcc::NEVER_COMPACTED),
         };
-        env::blocking(move || install_data(&db, &data, &state)).await?;
+        // The installed state, pinned as this member's current snapshot (applies wait for this).
+        let view = env::blocking(move || {
+            install_data(&db, &data, &state)?;
+            db.begin_read().map_err(io_error)
+        })
+        .await?;
         self.hub.reset(applied);
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        probe::record(|| Probe::SnapshotInstalled { index });
         self.leases.publish([(index, LeaseEvent::Reset)]);
         keep_newest(
             &self.current_snapshot,
             Snapshot {
                 meta: meta.clone(),
-                snapshot,
+                snapshot: SnapshotData::View(Arc::new(view)),
             },
         );
         Ok(())

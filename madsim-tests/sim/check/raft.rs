@@ -9,7 +9,8 @@
 //!   from under a later apply.
 //! - **Terms never go back**: the term of a member's votes never decreases, across restarts
 //!   (`currentTerm` is persistent state).
-//! - **Applied index monotonic** on each member between restarts.
+//! - **Applied index monotonic** on each member between restarts, snapshot installs included
+//!   (a snapshot moves a member forward, never back).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +23,7 @@ pub struct Summary {
     pub votes: usize,
     pub applied: usize,
     pub indexes: usize,
+    pub snapshots_installed: usize,
 }
 
 /// Checks `probes` (madsim host id and observation, in order); `name` names a host.
@@ -98,6 +100,17 @@ pub fn check(probes: &[(u64, Probe)], name: impl Fn(u64) -> String) -> Summary {
                         entries.insert(index, (*host, term, digest));
                     }
                 }
+            }
+            Probe::SnapshotInstalled { index } => {
+                summary.snapshots_installed += 1;
+                if let Some(&previous) = last_applied.get(host) {
+                    assert!(
+                        index > previous,
+                        "{} installed a snapshot of index {index} after applying {previous}",
+                        name(*host)
+                    );
+                }
+                last_applied.insert(*host, index);
             }
         }
     }
