@@ -146,8 +146,9 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate::put(&request, self.limits.max_request_bytes)?;
+        own_value(&mut request);
         let response = match self
             .propose(command::Op::Put(request.clone()), forwarded)
             .await?
@@ -189,12 +190,13 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let forwarded = forward::is_forwarded(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate::txn(
             &request,
             self.limits.max_txn_ops,
             self.limits.max_request_bytes,
         )?;
+        own_txn_values(&mut request);
         if apply::txn_is_read_only(&request) {
             if !apply::txn_is_serializable(&request) {
                 if let Some(leader) = self.barrier(forwarded).await? {
@@ -250,5 +252,24 @@ impl Kv for KvService {
         Ok(Response::new(CompactionResponse {
             header: self.header(response.revision),
         }))
+    }
+}
+
+/// Gives a put's value its own allocation. Decoded values are slices of the buffer gRPC read the
+/// request into (8 KiB and up), and a value kept in the Raft log's cache of recent entries would
+/// keep that whole buffer alive: 4,096 cached puts of 256 B held 34 MB so.
+fn own_value(put: &mut PutRequest) {
+    put.value = bytes::Bytes::copy_from_slice(&put.value);
+}
+
+/// [`own_value`] for every put of a txn, nested txns included.
+fn own_txn_values(txn: &mut TxnRequest) {
+    use crate::pb::etcdserverpb::request_op::Request as Op;
+    for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
+        match &mut op.request {
+            Some(Op::RequestPut(put)) => own_value(put),
+            Some(Op::RequestTxn(nested)) => own_txn_values(nested),
+            _ => {}
+        }
     }
 }
