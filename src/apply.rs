@@ -353,6 +353,7 @@ pub fn range_options(request: &RangeRequest) -> RangeOptions {
         max_mod_revision: request.max_mod_revision,
         min_create_revision: request.min_create_revision,
         max_create_revision: request.max_create_revision,
+        keys_only: request.keys_only,
     }
 }
 
@@ -387,16 +388,7 @@ fn range_op<S: TxnStore + ?Sized>(
             Ok(refusal) => ApplyOutcome::Refused(refusal),
             Err(storage) => ApplyOutcome::Storage(storage),
         })?;
-    let kvs = result
-        .kvs
-        .into_iter()
-        .map(|mut kv| {
-            if request.keys_only {
-                kv.value.clear();
-            }
-            key_value(kv)
-        })
-        .collect();
+    let kvs = result.kvs.into_iter().map(key_value).collect();
     Ok(RangeResponse {
         header: revision_header(revision),
         kvs,

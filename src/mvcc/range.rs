@@ -40,6 +40,9 @@ pub struct RangeOptions {
     pub limit: i64,
     /// Only count: no key-values are fetched, so `more` is false (as etcd).
     pub count_only: bool,
+    /// Key-values without their values. Unless the sort needs them, a value is dropped as soon
+    /// as it is read, so a keys-only scan of a large store never holds every value at once.
+    pub keys_only: bool,
     pub sort_order: SortOrder,
     pub sort_target: SortTarget,
     /// Each filter is off when 0.
@@ -112,8 +115,11 @@ pub(crate) fn select(
             return Ok(true);
         }
         if fetch_all || (result.kvs.len() as i64) <= limit {
-            let kv = decode(bytes)?;
+            let mut kv = decode(bytes)?;
             if options.keeps(&kv) {
+                if options.keys_only && options.sort_target != SortTarget::Value {
+                    kv.value = Vec::new();
+                }
                 result.kvs.push(kv);
             }
         }
@@ -134,6 +140,11 @@ pub(crate) fn select(
     if limit > 0 && result.kvs.len() as i64 > limit {
         result.kvs.truncate(limit as usize);
         result.more = true;
+    }
+    if options.keys_only {
+        for kv in &mut result.kvs {
+            kv.value = Vec::new();
+        }
     }
     Ok(result)
 }

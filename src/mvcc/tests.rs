@@ -218,6 +218,33 @@ fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
         keys(filtered),
         (vec!["a".to_string(), "b".to_string()], 3, false)
     );
+    // Keys only: no values in the result, and a sort by value still sees them (etcd sorts,
+    // then strips).
+    let keys_only = RangeOptions {
+        keys_only: true,
+        ..by(SortTarget::Value, SortOrder::Descend)
+    };
+    let result = view.range(&all, &keys_only, None).unwrap();
+    let seen: Vec<_> = result
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (b"a".to_vec(), vec![]),
+            (b"b".to_vec(), vec![]),
+            (b"c".to_vec(), vec![])
+        ]
+    );
+    let keys_only_by_key = RangeOptions {
+        keys_only: true,
+        ..RangeOptions::default()
+    };
+    let result = view.range(&all, &keys_only_by_key, None).unwrap();
+    assert!(result.kvs.iter().all(|kv| kv.value.is_empty()));
+    assert_eq!(result.kvs.len(), 3);
 }
 
 fn read_at(
