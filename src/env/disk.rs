@@ -23,6 +23,11 @@ pub enum Disk {
     Sim(SimDisk),
 }
 
+/// redb's page cache on a real disk. redb's default (1 GiB) lets its write buffer grow to half of
+/// that between durable commits and keeps every page the open-time integrity check read, so a
+/// member's memory grew with its data; the OS page cache keeps the file's hot pages anyway.
+const REDB_CACHE_BYTES: usize = 16 << 20;
+
 impl Disk {
     /// Opens (creating if needed) the redb database `name` on this disk.
     ///
@@ -36,6 +41,7 @@ impl Disk {
             Disk::Dir(dir) => {
                 #[allow(clippy::disallowed_methods)]
                 std::fs::create_dir_all(dir).map_err(redb::StorageError::from)?;
+                builder.set_cache_size(REDB_CACHE_BYTES);
                 builder.create(dir.join(name))
             }
             Disk::Sim(disk) => {
