@@ -105,17 +105,6 @@ pub struct Watcher {
     pub log: Arc<Mutex<Vec<Received>>>,
 }
 
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 impl Watcher {
     /// Starts a watcher on the client host, trying `endpoints` in turn, starting with `first`.
     pub fn spawn(client: &NodeHandle, endpoints: Vec<String>, first: usize, spec: Spec) -> Watcher {
@@ -186,7 +175,7 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
             let (mut requests, receiver) = futures::channel::mpsc::channel(8);
             let create = WatchCreateRequest {
                 key: spec.prefix.clone(),
-                range_end: prefix_end(&spec.prefix),
+                range_end: detcd::mvcc::KeyRange::prefix(&spec.prefix).range_end,
                 start_revision: next,
                 prev_kv: spec.prev_kv,
                 progress_notify: spec.progress_notify,

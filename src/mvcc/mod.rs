@@ -117,6 +117,20 @@ impl KeyRange {
         }
     }
 
+    /// Every key that starts with `prefix`, as etcdctl's `--prefix` computes it: the prefix with
+    /// its last byte below 0xff raised by one (0xff bytes after it dropped); a prefix of only 0xff
+    /// bytes, or none, names every key from it on.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        let mut range_end = prefix.to_vec();
+        while let Some(last) = range_end.pop() {
+            if last < 0xff {
+                range_end.push(last + 1);
+                return Self::new(prefix, range_end);
+            }
+        }
+        Self::new(prefix, vec![0])
+    }
+
     pub(crate) fn span(&self) -> Span<'_> {
         if self.range_end.is_empty() {
             Span::Single(&self.key)

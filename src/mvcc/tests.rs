@@ -105,6 +105,17 @@ fn one_request_with_many_changes_takes_one_main_revision() {
 }
 
 #[test]
+fn prefixes_end_as_etcdctl_computes_them() {
+    assert_eq!(
+        KeyRange::prefix(b"kvb/w/"),
+        KeyRange::new("kvb/w/", "kvb/w0")
+    );
+    assert_eq!(KeyRange::prefix(b"a\xff").range_end, b"b");
+    assert_eq!(KeyRange::prefix(b"\xff\xff").range_end, b"\0");
+    assert_eq!(KeyRange::prefix(b"").range_end, b"\0");
+}
+
+#[test]
 fn ranges_follow_etcd_conventions() {
     let db = database();
     write(&db, 1, |w| {

@@ -196,11 +196,9 @@ async fn revoke(channels: &[Channel], ids: Vec<i64>, clock: &Clock) -> f64 {
 
 /// Keys left under `prefix` (a serializable count).
 async fn remaining_keys(kv: &mut KvClient<Channel>, prefix: &[u8]) -> Result<i64, String> {
-    let mut range_end = prefix.to_vec();
-    *range_end.last_mut().expect("a non-empty prefix") += 1;
     let request = RangeRequest {
         key: prefix.to_vec(),
-        range_end,
+        range_end: detcd::mvcc::KeyRange::prefix(prefix).range_end,
         count_only: true,
         serializable: true,
         ..Default::default()

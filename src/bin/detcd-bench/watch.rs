@@ -17,18 +17,6 @@ use tonic::Streaming;
 use crate::options::Options;
 use crate::report::{value, Tally, Window};
 
-/// The end of the range of keys that start with `prefix`, as etcd's `--prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// The send time a writer stamped into `value`, if it carries one.
 fn sent_nanos(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
@@ -51,7 +39,7 @@ async fn open(
     for _ in 0..watches {
         let create = WatchCreateRequest {
             key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
+            range_end: detcd::mvcc::KeyRange::prefix(prefix).range_end,
             prev_kv,
             ..Default::default()
         };
@@ -276,13 +264,6 @@ pub async fn one_stream(options: Options) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends_as_etcdctl_computes_them() {
-        assert_eq!(prefix_end(b"kvb/w/"), b"kvb/w0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
 
     #[test]
     fn send_times_round_trip_through_values() {
