@@ -141,7 +141,8 @@ pub(crate) fn select(
         result.kvs.truncate(limit as usize);
         result.more = true;
     }
-    if options.keys_only {
+    // A sort by value kept the values until now.
+    if options.keys_only && options.sort_target == SortTarget::Value {
         for kv in &mut result.kvs {
             kv.value = Vec::new();
         }

@@ -243,7 +243,8 @@ impl StateMachine {
         })
     }
 
-    fn dump(txn: &redb::ReadTransaction) -> Result<(SnapshotMeta, Vec<u8>), io::Error> {
+    /// The encoded snapshot (`pb::SnapshotData`) of `txn`'s view; its meta is [`Self::snapshot_meta`].
+    fn dump(txn: &redb::ReadTransaction) -> Result<Vec<u8>, io::Error> {
         let meta_table = txn.open_table(SM_META).map_err(io_error)?;
         let state = read_applied_state(&meta_table)?;
         let mut data = pb::SnapshotData {
@@ -270,11 +271,7 @@ impl StateMachine {
                 value: record.value().to_vec(),
             });
         }
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership,
-        };
-        Ok((meta, data.encode_to_vec()))
+        Ok(data.encode_to_vec())
     }
 }
 
@@ -380,9 +377,7 @@ impl SnapshotData {
     pub async fn encode(self) -> Result<Vec<u8>, io::Error> {
         match self {
             SnapshotData::Encoded(bytes) => Ok(bytes),
-            SnapshotData::View(view) => {
-                env::blocking(move || StateMachine::dump(&view).map(|(_, bytes)| bytes)).await
-            }
+            SnapshotData::View(view) => env::blocking(move || StateMachine::dump(&view)).await,
         }
     }
 }
@@ -685,7 +680,11 @@ mod tests {
                 put("a", "3"),
             ],
         );
-        let (meta, bytes) = StateMachine::dump(&source.begin_read().unwrap()).unwrap();
+        let view = source.begin_read().unwrap();
+        let (meta, bytes) = (
+            StateMachine::snapshot_meta(&view).unwrap(),
+            StateMachine::dump(&view).unwrap(),
+        );
         let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
         assert_eq!(data.compacted, Some(4));
         let target = database();
@@ -855,7 +854,11 @@ mod tests {
                 checkpoint(5, 42),
             ],
         );
-        let (meta, bytes) = StateMachine::dump(&source.begin_read().unwrap()).unwrap();
+        let view = source.begin_read().unwrap();
+        let (meta, bytes) = (
+            StateMachine::snapshot_meta(&view).unwrap(),
+            StateMachine::dump(&view).unwrap(),
+        );
         let data = pb::SnapshotData::decode(bytes.as_slice()).unwrap();
         let target = database();
         apply_all(&target, vec![grant(9, 5), put("old", 9)]);
