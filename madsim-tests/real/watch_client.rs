@@ -299,3 +299,68 @@ fn a_slow_watcher_loses_nothing_and_stalls_no_one() {
         assert_eq!(last, PUTS as i64 + 1);
     });
 }
+
+/// etcd#15220's kind: a progress notification is a promise that every event up to its revision
+/// has been sent. A watch from revision 1 over a 5,000-revision history is caught up in batches
+/// of 1,000 revisions, and the progress request sent right behind its create reaches the member
+/// while it is still catching up: the answer must wait until every backlog event is out.
+#[test]
+fn a_progress_answer_waits_for_a_catching_up_watch() {
+    const PUTS: usize = 5_000;
+    let dir = TempDir::new("progress-catching-up");
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let endpoint = detcd.client_endpoint.clone();
+    block_on(async move {
+        let client = Client::connect([endpoint.as_str()], None)
+            .await
+            .expect("connect");
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    for i in (w..PUTS).step_by(8) {
+                        client
+                            .put(format!("p/{}", i % 100), format!("{i}"), None)
+                            .await
+                            .expect("put");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        let last = PUTS as i64 + 1;
+        // Several streams, each a fresh chance for the request to overtake the catch-up.
+        for attempt in 0..4 {
+            let options = WatchOptions::new().with_prefix().with_start_revision(1);
+            let mut stream = client
+                .clone()
+                .watch("p/", Some(options))
+                .await
+                .expect("watch");
+            stream.request_progress().await.expect("progress request");
+            let mut newest = 0;
+            let progress = loop {
+                let response = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                    .await
+                    .expect("a response within 30 s")
+                    .expect("message")
+                    .expect("stream open");
+                if response.created() {
+                    continue;
+                }
+                match response.events().last() {
+                    Some(event) => newest = event.kv().expect("kv").mod_revision(),
+                    None => break response.header().expect("header").revision(),
+                }
+            };
+            assert_eq!(
+                (progress, newest),
+                (last, last),
+                "attempt {attempt}: progress notified at {progress} with events sent only up \
+                 to {newest}"
+            );
+        }
+    });
+}

@@ -53,6 +53,7 @@ pub async fn chaos() -> u64 {
                 no_delete: rng.gen_bool(0.3),
                 progress_every: rng.gen_bool(0.3).then(|| Duration::from_millis(200)),
                 progress_notify: rng.gen_bool(0.5),
+                progress_at_open: false,
             };
             let first = rng.gen_range(0..options.size);
             let name = format!(

@@ -11,7 +11,7 @@ use detcd::env::sim_disk::CrashMode;
 use madsim::rand::Rng;
 
 use crate::cluster::Cluster;
-use crate::watch::{check_watchers, spawn_load, Received, Seen, Spec, Watcher};
+use crate::watch::{check_watchers, spawn_load, spawn_stream, Received, Seen, Spec, Watcher};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
@@ -546,6 +546,7 @@ pub async fn watch_under_faults() -> u64 {
         no_delete,
         progress_every: progress.then(|| Duration::from_millis(50)),
         progress_notify: !progress,
+        progress_at_open: false,
     };
     let client = cluster.client_host().clone();
     let stop_load = Arc::new(AtomicBool::new(false));
@@ -628,6 +629,7 @@ async fn watch_once(
             no_delete: false,
             progress_every: None,
             progress_notify: false,
+            progress_at_open: false,
         },
     );
     let canceled = || {
@@ -755,6 +757,7 @@ pub async fn watch_across_snapshot_install() -> u64 {
         no_delete: false,
         progress_every: Some(Duration::from_millis(300)),
         progress_notify: true,
+        progress_at_open: false,
     };
     let only_cut_off = vec![cluster.endpoint(cut_off)];
     write_mix(&mut cluster, &ALL, 0, 10).await;
@@ -782,4 +785,157 @@ pub async fn watch_across_snapshot_install() -> u64 {
     check_watchers(&mut cluster, leader, last, &watchers).await;
     crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
+}
+
+/// etcd's slow-watcher starvation class, and etcd#15220 (a progress notification ahead of events
+/// still owed). A backlog longer than one response's 1,000 revisions is written, one member is
+/// restarted (its cache is empty, so its watchers read the backlog from redb), and then, with no
+/// writes at all, each member gets one stream carrying a live watch and two from revision 1, with
+/// a progress request right behind the creates. The ones from revision 1 must catch up within 5
+/// simulated seconds although nothing new is applied (a stream that waits for a write to go on
+/// catching up starves them), and the progress answer must not claim revisions still owed. Then
+/// writes resume and more watchers from revision 1 open while the live ones must keep up; every
+/// watcher's events must be exactly the committed history.
+pub async fn behind_watchers_catch_up() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let mut leader = cluster.wait_for_leader(&ALL).await;
+    let backlog = madsim::rand::thread_rng().gen_range(2100..2600);
+    write_backlog(&cluster, leader, backlog).await;
+    let restarted = madsim::rand::thread_rng().gen_range(0..3);
+    cluster.kill(restarted);
+    cluster.restart(restarted);
+    leader = cluster.wait_for_leader(&ALL).await;
+    let last = loop {
+        if let Ok(revision) = cluster.put(leader, "b/end", "backlog").await {
+            break revision;
+        }
+    };
+    for member in ALL {
+        cluster
+            .wait_until(
+                &format!("m{} applies revision {last}", member + 1),
+                Duration::from_secs(30),
+                || async {
+                    cluster
+                        .hash_kv(member, 0)
+                        .await
+                        .ok()
+                        .and_then(|h| h.header)
+                        .is_some_and(|h| h.revision >= last)
+                },
+            )
+            .await;
+    }
+    let spec = |start_revision: i64, prev_kv: bool, no_delete: bool| Spec {
+        prefix: b"b/".to_vec(),
+        start_revision,
+        prev_kv,
+        no_delete,
+        progress_every: None,
+        progress_notify: false,
+        progress_at_open: true,
+    };
+    let client = cluster.client_host().clone();
+    let mut live = Vec::new();
+    let mut behind = Vec::new();
+    for member in ALL {
+        let watches = vec![
+            (0, spec(last + 1, true, false)),
+            (1, spec(1, true, false)),
+            (1, spec(1, false, true)),
+        ];
+        let mut stream = spawn_stream(&client, cluster.endpoint(member), member, watches);
+        let name = |what: &str| format!("m{} {what}", member + 1);
+        behind.push((name("from 1, NODELETE"), stream.pop().expect("3 watches")));
+        behind.push((name("from 1, prev_kv"), stream.pop().expect("3 watches")));
+        live.push((name("live"), stream.pop().expect("3 watches")));
+    }
+    cluster
+        .wait_until(
+            &format!(
+                "watchers from revision 1 reach {last} with no writes (m{} restarted)",
+                restarted + 1
+            ),
+            Duration::from_secs(5),
+            || async { behind.iter().all(|(_, w)| w.last_revision() >= last) },
+        )
+        .await;
+    // Writes resume: watchers from revision 1 open (and re-open) while the live ones keep up.
+    let endpoints: Vec<String> = ALL.iter().map(|&m| cluster.endpoint(m)).collect();
+    let stop_load = Arc::new(AtomicBool::new(false));
+    spawn_load(&client, endpoints.clone(), "b/", stop_load.clone());
+    for member in ALL {
+        let spec = Spec {
+            progress_every: Some(Duration::from_millis(40)),
+            ..spec(1, true, false)
+        };
+        let watcher = Watcher::spawn(&client, endpoints.clone(), member, spec);
+        behind.push((
+            format!("resumable from 1, first on m{}", member + 1),
+            watcher,
+        ));
+    }
+    madsim::time::sleep(Duration::from_secs(3)).await;
+    stop_load.store(true, Ordering::SeqCst);
+    let last = loop {
+        if let Ok(revision) = cluster.put(leader, "b/last", "end").await {
+            break revision;
+        }
+    };
+    cluster
+        .wait_until(
+            &format!("every live watcher sees revision {last} within 1 s"),
+            Duration::from_secs(1),
+            || async { live.iter().all(|(_, w)| w.last_revision() >= last) },
+        )
+        .await;
+    let watchers: Vec<(&str, &Watcher)> = live
+        .iter()
+        .chain(&behind)
+        .map(|(name, w)| (name.as_str(), w))
+        .collect();
+    check_watchers(&mut cluster, leader, last, &watchers).await;
+    cluster.trace_hash()
+}
+
+/// `count` writes under `b/` through `member` on one connection, 16 in flight (puts, and every
+/// ninth a delete): a long history written quickly. There are no faults, so each must succeed.
+async fn write_backlog(cluster: &Cluster, member: usize, count: usize) {
+    use detcd::pb::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, PutRequest};
+    let endpoint = cluster.endpoint(member);
+    let writes = async move {
+        let channel = crate::cluster::connect(&endpoint).await.expect("connect");
+        let kv = KvClient::new(channel);
+        let indexes: Vec<usize> = (0..count).collect();
+        for chunk in indexes.chunks(16) {
+            let calls = chunk.iter().map(|&i| {
+                let mut kv = kv.clone();
+                async move {
+                    let key = format!("b/k{}", i % 37).into_bytes();
+                    if i % 9 == 8 {
+                        let request = DeleteRangeRequest {
+                            key,
+                            ..Default::default()
+                        };
+                        kv.delete_range(request).await.map(drop)
+                    } else {
+                        let request = PutRequest {
+                            key,
+                            value: format!("v{i}").into_bytes().into(),
+                            ..Default::default()
+                        };
+                        kv.put(request).await.map(drop)
+                    }
+                }
+            });
+            for result in futures::future::join_all(calls).await {
+                result.expect("a backlog write (there are no faults)");
+            }
+        }
+    };
+    cluster
+        .client_host()
+        .spawn(writes)
+        .await
+        .expect("backlog writer");
 }

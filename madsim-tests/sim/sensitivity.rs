@@ -48,6 +48,11 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
                 Box::pin(scenarios::corrupted_disk_is_fenced())
             }),
         ],
+        Bug::CatchUpWaitsForWrites => {
+            vec![("behind_watchers_catch_up", || {
+                Box::pin(scenarios::behind_watchers_catch_up())
+            })]
+        }
         Bug::CheckpointNotReset => {
             vec![("leases_under_faults", || {
                 Box::pin(lease::leases_under_faults())

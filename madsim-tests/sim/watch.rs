@@ -98,6 +98,11 @@ pub struct Spec {
     pub progress_every: Option<Duration>,
     /// Ask for the server's periodic progress notifications (`progress_notify`).
     pub progress_notify: bool,
+    /// Send a `WatchProgressRequest` right behind the create, each time the watch (re)opens.
+    /// (madsim delivers a stream's messages at least a millisecond apart and runs a catch-up
+    /// through in no simulated time, so here the request lands after the catch-up; the
+    /// request overtaking one is tested in real mode, `a_progress_answer_waits_for_a_catching_up_watch`.)
+    pub progress_at_open: bool,
 }
 
 pub struct Watcher {
@@ -173,24 +178,10 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
             // Ends (`None`) when the stream fails or the watch is canceled.
             let channel = crate::cluster::connect(&endpoint).await?;
             let (mut requests, receiver) = futures::channel::mpsc::channel(8);
-            let create = WatchCreateRequest {
-                key: spec.prefix.clone(),
-                range_end: detcd::mvcc::KeyRange::prefix(&spec.prefix).range_end,
-                start_revision: next,
-                prev_kv: spec.prev_kv,
-                progress_notify: spec.progress_notify,
-                filters: if spec.no_delete {
-                    vec![FilterType::Nodelete as i32]
-                } else {
-                    vec![]
-                },
-                ..Default::default()
-            };
-            requests
-                .try_send(WatchRequest {
-                    request_union: Some(RequestUnion::CreateRequest(create)),
-                })
-                .ok()?;
+            requests.try_send(create_request(&spec, next, 0)).ok()?;
+            if spec.progress_at_open {
+                requests.try_send(progress_request()).ok()?;
+            }
             let mut stream = WatchClient::new(channel)
                 .watch(receiver)
                 .await
@@ -224,12 +215,7 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
                         }
                     }
                     _ = madsim::time::sleep(progress) => {
-                        let request = WatchRequest {
-                            request_union: Some(RequestUnion::ProgressRequest(
-                                WatchProgressRequest {},
-                            )),
-                        };
-                        let _ = requests.try_send(request);
+                        let _ = requests.try_send(progress_request());
                     }
                 }
             }
@@ -237,6 +223,120 @@ async fn run(endpoints: Vec<String>, first: usize, spec: Spec, log: Arc<Mutex<Ve
         let _ = madsim::time::timeout(stay, session).await;
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn create_request(spec: &Spec, start_revision: i64, watch_id: i64) -> WatchRequest {
+    let create = WatchCreateRequest {
+        key: spec.prefix.clone(),
+        range_end: detcd::mvcc::KeyRange::prefix(&spec.prefix).range_end,
+        start_revision,
+        prev_kv: spec.prev_kv,
+        progress_notify: spec.progress_notify,
+        filters: if spec.no_delete {
+            vec![FilterType::Nodelete as i32]
+        } else {
+            vec![]
+        },
+        watch_id,
+        ..Default::default()
+    };
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    }
+}
+
+fn progress_request() -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+    }
+}
+
+/// Several watches multiplexed on one stream to `member`, as etcd's clients share one stream
+/// among a process's watches: each `(start, spec)` is created with `start` as its start
+/// revision (0: from now) and recorded as a [`Watcher`] checked against `spec` (whose
+/// `start_revision` is the first revision it must see). A progress notification answers the
+/// whole stream, so it goes into every record. The stream is not re-opened: a failure ends it,
+/// and its watchers stop short (which the caller's wait for them reports).
+pub fn spawn_stream(
+    client: &NodeHandle,
+    endpoint: String,
+    member: usize,
+    watches: Vec<(i64, Spec)>,
+) -> Vec<Watcher> {
+    let watchers: Vec<Watcher> = watches
+        .iter()
+        .map(|(_, spec)| Watcher {
+            spec: spec.clone(),
+            log: Arc::new(Mutex::new(vec![Received::Opened {
+                member,
+                from: spec.start_revision,
+            }])),
+        })
+        .collect();
+    let logs: Vec<_> = watchers.iter().map(|w| w.log.clone()).collect();
+    client.spawn(async move {
+        let Some(channel) = crate::cluster::connect(&endpoint).await else {
+            return;
+        };
+        let (mut requests, receiver) = futures::channel::mpsc::channel(watches.len() + 1);
+        // Client-chosen IDs 1..=n: watch i's responses carry ID i + 1.
+        for (i, (start, spec)) in watches.iter().enumerate() {
+            let _ = requests.try_send(create_request(spec, *start, i as i64 + 1));
+        }
+        if watches.iter().any(|(_, spec)| spec.progress_at_open) {
+            let _ = requests.try_send(progress_request());
+        }
+        let Ok(response) = WatchClient::new(channel).watch(receiver).await else {
+            return;
+        };
+        let mut stream = response.into_inner();
+        let progress = watches
+            .iter()
+            .filter_map(|(_, spec)| spec.progress_every)
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        loop {
+            let response = tokio::select! {
+                biased;
+                message = stream.next() => match message {
+                    Some(Ok(response)) => response,
+                    _ => return,
+                },
+                _ = madsim::time::sleep(progress) => {
+                    let _ = requests.try_send(progress_request());
+                    continue;
+                }
+            };
+            if response.created {
+                continue;
+            }
+            let revision = response.header.map_or(0, |h| h.revision);
+            let received = if response.canceled {
+                Received::Canceled {
+                    reason: response.cancel_reason.clone(),
+                    compact_revision: response.compact_revision,
+                }
+            } else if response.events.is_empty() {
+                Received::Progress { revision }
+            } else {
+                Received::Events {
+                    events: response.events.iter().map(Seen::from_event).collect(),
+                }
+            };
+            let index = usize::try_from(response.watch_id - 1).ok();
+            match index.and_then(|i| logs.get(i)) {
+                Some(log) => log.lock().unwrap().push(received),
+                // A notification for the whole stream (etcd's ID -1).
+                None if matches!(received, Received::Progress { .. }) => {
+                    for log in &logs {
+                        log.lock().unwrap().push(received.clone());
+                    }
+                }
+                None => panic!("a response for watch ID {} not created", response.watch_id),
+            }
+        }
+    });
+    watchers
 }
 
 /// A steady stream of puts under `prefix` through `endpoints` in turn, from the client host,
@@ -450,6 +550,7 @@ pub async fn reference(cluster: &mut Cluster, member: usize, prefix: &str, last:
         no_delete: false,
         progress_every: None,
         progress_notify: false,
+        progress_at_open: false,
     };
     let reference = Watcher::spawn(
         cluster.client_host(),

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::ApiError;
 use super::{convert, ResponseStream};
+use crate::env::bugs::{self, Bug};
 use crate::env::{watch as signal, Duration};
 use crate::mvcc::{Change, View};
 use crate::node::Node;
@@ -142,6 +143,8 @@ impl WatchStream {
                     return;
                 }
             }
+            // More is owed than one round sends: go round again (requests first).
+            let again = owed && !bugs::enabled(Bug::CatchUpWaitsForWrites);
             let ticking = self
                 .watchers
                 .values()
@@ -158,8 +161,7 @@ impl WatchStream {
                     Ok(None) => requests_open = false,
                     Err(_) => return,
                 },
-                // More is owed than one round sends: go round again (requests first).
-                _ = std::future::ready(()), if owed => {}
+                _ = std::future::ready(()), if again => {}
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = async { clock.sleep(next_tick.since(clock.now())).await }, if ticking => {
                     next_tick = clock.now().plus(interval);

@@ -41,10 +41,14 @@ pub enum Bug {
     /// dropped, so the member has forgotten entries it acknowledged. (The same mistake in redb's
     /// single-phase commit was found by `corrupted_disk_is_fenced`.)
     CorruptWalTakenForTorn,
+    /// A stream goes on catching up a watcher that is behind only when a new revision is
+    /// applied (the "more is owed" round is lost): under a write lull a watcher that started
+    /// from old history stays stuck one batch in, starved while the live watchers are served.
+    CatchUpWaitsForWrites,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -55,6 +59,7 @@ impl Bug {
         Bug::CheckpointNotReset,
         Bug::LeaderReadWithoutQuorum,
         Bug::CorruptWalTakenForTorn,
+        Bug::CatchUpWaitsForWrites,
     ];
 
     #[cfg(madsim)]
