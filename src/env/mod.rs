@@ -50,6 +50,17 @@ where
     }
 }
 
+/// Runs short blocking I/O right here, on the async task that needs it: a write and fsync of
+/// the log (its one writer task), a non-durable redb commit. Real mode blocks this runtime
+/// worker for the duration, which costs less than the two thread hops of [`blocking`] (a third
+/// of a single-client put's latency; README, "Performance"). Only these callers use it: the
+/// log's writer is one task, so at most one worker at a time waits in an fsync, and the rest of
+/// the member (heartbeats, requests) runs on the others. Anything that may take long (a
+/// durable redb commit, a snapshot, opening the database) goes through [`blocking`].
+pub fn inline_io<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
 /// Spawns a task on the current node's runtime (a simulated node's executor under madsim).
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where

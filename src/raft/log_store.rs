@@ -1,9 +1,14 @@
 //! The Raft log, vote and committed index, in the write-ahead log (`storage/wal.rs`).
 //!
 //! Durability: `save_vote`, `append`, `truncate_after` and `purge` write their record and
-//! fsync before they return, and `append` tells openraft the entries are flushed only after
-//! that. openraft hands `append` every entry that queued up while the previous write was in
-//! flight, so one fsync covers many client requests (group commit). The committed index is a
+//! fsync before they return; `append` returns once its entries are in memory and queued, and
+//! tells openraft they are flushed only after their fsync. One writer task takes the queue in
+//! order (`run_writer`), so openraft goes on while a write is in flight: a leader sends the
+//! entries to its followers while its own fsync runs, and the state machine applies one batch
+//! while the next is written. The queue holds one job: an `append` behind a queued one waits,
+//! and openraft gathers the client requests that arrive meanwhile into its next `append`, so
+//! under load one write and one fsync cover many requests (group commit) and there are never
+//! more than two writes' worth of entries in flight. The committed index is a
 //! hint for faster recovery: kept in memory and written with the next entries, so after a crash
 //! it may be older than what this member had acknowledged. That is safe only because a restarted
 //! member never resumes leadership of its old term (`enable_leader_restore` is off in `node`).
@@ -23,6 +28,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -284,18 +291,122 @@ fn read_entries(
     Ok(out)
 }
 
-/// What the store's clones share.
+/// What the store's clones and its writer task share.
 struct Shared {
     log: Mutex<Log>,
     writer: Mutex<Wal>,
     reader: WalReader,
 }
 
-/// The log store of one member. Clones share the log (the log reader is a clone).
+/// Records for the writer task, and who waits for them.
+struct Job {
+    records: Vec<pb::WalRecord>,
+    sync: bool,
+    /// The log's state before these records, for a segment started on the way.
+    header: pb::WalSegment,
+    done: Done,
+}
+
+enum Done {
+    /// `append`: note where its entries went, then tell openraft they are flushed.
+    Appended {
+        ids: Vec<LogId>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// Everything else waits for its write to be done.
+    Written(oneshot::Sender<Result<Vec<FrameLoc>, io::Error>>),
+}
+
+/// The log store of one member. Clones share the log (the log reader is a clone) and the
+/// writer task, which ends when the last clone goes.
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
-    disk: Disk,
+    queue: mpsc::Sender<Job>,
+}
+
+/// The writer task: takes every job queued so far, writes their records in one write (one
+/// fsync if any asked for it), then completes them in order. After a failed write nothing more
+/// is written: each later job gets the same error (what reached the disk is no longer known).
+async fn run_writer(shared: Arc<Shared>, disk: Disk, mut queue: mpsc::Receiver<Job>) {
+    let mut failed: Option<String> = None;
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while let Ok(job) = queue.try_recv() {
+            jobs.push(job);
+        }
+        if let Some(error) = &failed {
+            for job in jobs {
+                job.done
+                    .complete(Err(io::Error::other(error.clone())), &shared);
+            }
+            continue;
+        }
+        let sync = jobs.iter().any(|job| job.sync);
+        let counts: Vec<usize> = jobs.iter().map(|job| job.records.len()).collect();
+        let header = jobs[0].header;
+        let records: Vec<pb::WalRecord> = jobs
+            .iter_mut()
+            .flat_map(|job| std::mem::take(&mut job.records))
+            .collect();
+        let written = env::inline_io(|| {
+            let mut wal = shared.writer.lock().expect("wal writer lock");
+            wal.append(&records, sync, || header)
+        });
+        match written {
+            Ok((locs, _started)) => {
+                if sync {
+                    disk.after_sync().await;
+                }
+                let mut locs = locs.into_iter();
+                for (job, count) in jobs.into_iter().zip(counts) {
+                    let mine: Vec<FrameLoc> = locs.by_ref().take(count).collect();
+                    job.done.complete(Ok(mine), &shared);
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                for job in jobs {
+                    job.done
+                        .complete(Err(io::Error::other(error.clone())), &shared);
+                }
+                failed = Some(error);
+            }
+        }
+    }
+}
+
+impl Done {
+    fn complete(self, result: Result<Vec<FrameLoc>, io::Error>, shared: &Shared) {
+        match self {
+            Done::Written(sender) => {
+                // The waiter may be gone (its member is stopping); nothing else needs to know.
+                _ = sender.send(result);
+            }
+            Done::Appended { ids, callback } => match result {
+                Ok(locs) => {
+                    let loc = locs[0];
+                    let mut log = shared.log.lock().expect("log lock");
+                    for id in ids {
+                        // The entry may have been replaced or purged since it was queued:
+                        // only the entry this write holds gets its frame.
+                        if id.index >= log.first_index && id.index < log.next_index() {
+                            let position = (id.index - log.first_index) as usize;
+                            let slot = &mut log.slots[position];
+                            if slot.log_id == id {
+                                slot.frame = Some(loc);
+                            }
+                        }
+                        log.note_frame(id.index, loc);
+                    }
+                    log.evict();
+                    drop(log);
+                    callback.io_completed(Ok(()));
+                }
+                Err(error) => callback.io_completed(Err(error)),
+            },
+        }
+    }
 }
 
 impl LogStore {
@@ -319,39 +430,47 @@ impl LogStore {
             };
             StorageError(format!("open the log on {}: {e}{hint}", disk.describe()))
         })?;
-        Ok(LogStore {
-            shared: Arc::new(Shared {
-                log: Mutex::new(log),
-                reader: wal.reader(),
-                writer: Mutex::new(wal),
-            }),
-            disk,
-        })
+        let shared = Arc::new(Shared {
+            log: Mutex::new(log),
+            reader: wal.reader(),
+            writer: Mutex::new(wal),
+        });
+        let (queue, jobs) = mpsc::channel(1);
+        env::spawn(run_writer(shared.clone(), disk.clone(), jobs));
+        Ok(LogStore { shared, queue })
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.shared.log.lock().expect("log lock")
     }
 
-    /// Writes `records` durably (unless `sync` is false) in one write; answers where they went.
-    /// `header` is the log's state before them, for a segment started on the way.
+    /// Writes `records` durably (unless `sync` is false) after everything queued before them,
+    /// in one write; answers where they went. `header` is the log's state before them, for a
+    /// segment started on the way.
     async fn write(
         &self,
         records: Vec<pb::WalRecord>,
         sync: bool,
         header: pb::WalSegment,
     ) -> Result<Vec<FrameLoc>, io::Error> {
-        let shared = self.shared.clone();
-        let (locs, _started) = env::blocking(move || {
-            let mut wal = shared.writer.lock().expect("wal writer lock");
-            wal.append(&records, sync, || header)
+        let (done, written) = oneshot::channel();
+        self.submit(Job {
+            records,
+            sync,
+            header,
+            done: Done::Written(done),
         })
-        .await
-        .map_err(wal_io)?;
-        if sync {
-            self.disk.after_sync().await;
-        }
-        Ok(locs)
+        .await?;
+        written
+            .await
+            .map_err(|_| io_error("the log's writer stopped"))?
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), io::Error> {
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| io_error("the log's writer stopped"))
     }
 
     /// Writes the first boot's state, as etcd bootstraps a member: the initial membership as
@@ -518,8 +637,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 committed: self.log().committed.as_ref().map(codec::log_id_to_pb),
             })),
         };
-        let first = entries[0].log_id.index;
-        let count = entries.len() as u64;
+        let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
         // Readable (replication reads them) before they are written.
         let pushed = {
             let mut log = self.log();
@@ -536,24 +654,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         let sync = !bugs::enabled(Bug::AckBeforeDurable);
-        match self.write(vec![record], sync, header).await {
-            Ok(locs) => {
-                let mut log = self.log();
-                for index in first..first + count {
-                    let position = (index - log.first_index) as usize;
-                    log.slots[position].frame = Some(locs[0]);
-                    log.note_frame(index, locs[0]);
-                }
-                log.evict();
-                drop(log);
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                callback.io_completed(Err(io::Error::other(error.to_string())));
-                Err(error)
-            }
+        let job = Job {
+            records: vec![record],
+            sync,
+            header,
+            done: Done::Appended { ids, callback },
+        };
+        // Queued (waiting while another job is queued), not written: the callback is called
+        // once the write's fsync is done.
+        if let Err(error) = self.queue.send(job).await {
+            let Done::Appended { callback, .. } = error.0.done else {
+                unreachable!("the job just made")
+            };
+            callback.io_completed(Err(io_error("the log's writer stopped")));
+            return Err(io_error("the log's writer stopped"));
         }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -728,6 +844,107 @@ mod tests {
                 );
                 assert!(!again.is_fresh());
             }
+        });
+    }
+
+    /// `append` returns before its fsync and reports the flush only after it, in order; an
+    /// entry replaced while the write of the one before it was in flight keeps its own body
+    /// once both are written and evicted from memory (the older write must not claim its slot).
+    #[test]
+    fn appends_are_flushed_in_order_after_their_fsync() {
+        TypeConfig::run(async {
+            let sim = crate::env::SimDisk::new();
+            sim.set_sync_latency(crate::env::Duration::ZERO);
+            let disk = Disk::Sim(sim.clone());
+            let mut store = LogStore::open(disk.clone()).await.unwrap();
+            store.save_vote(&Vote::new(2, 1)).await.unwrap();
+            sim.set_stalled(true);
+            let (first_tx, mut first_rx) = TypeConfig::oneshot();
+            store
+                .append((0..=5).map(|i| blank(2, i)), IOFlushed::signal(first_tx))
+                .await
+                .unwrap();
+            let (second_tx, mut second_rx) = TypeConfig::oneshot();
+            store
+                .append((4..=6).map(|i| put(3, i)), IOFlushed::signal(second_tx))
+                .await
+                .unwrap();
+            // Readable at once, from memory, with the replacement in place.
+            let entries = store.try_get_log_entries(0..).await.unwrap();
+            let terms: Vec<u64> = entries.iter().map(|e| e.log_id.leader_id.term).collect();
+            assert_eq!(terms, [2, 2, 2, 2, 3, 3, 3]);
+            for _ in 0..20 {
+                TypeConfig::sleep(crate::env::Duration::from_millis(5)).await;
+            }
+            assert!(
+                first_rx.try_recv().is_err(),
+                "flushed while the disk stalls"
+            );
+            assert!(
+                second_rx.try_recv().is_err(),
+                "flushed while the disk stalls"
+            );
+            sim.set_stalled(false);
+            first_rx.await.unwrap().unwrap();
+            second_rx.await.unwrap().unwrap();
+            // Push the bodies out of memory so entries 4..=6 are read from their frames.
+            let filler = (7..7 + CACHED_ENTRIES as u64 + 10).map(|i| blank(3, i));
+            let (filled_tx, filled_rx) = TypeConfig::oneshot();
+            store
+                .append(filler, IOFlushed::signal(filled_tx))
+                .await
+                .unwrap();
+            filled_rx.await.unwrap().unwrap();
+            let mut expected: Vec<Entry> = (0..=3).map(|i| blank(2, i)).collect();
+            expected.extend((4..=6).map(|i| put(3, i)));
+            let read = store.try_get_log_entries(0..=6).await.unwrap();
+            assert_eq!(format!("{read:?}"), format!("{expected:?}"));
+            // And a restart replays the same log (the two writes' frames overlap at 4 and 5).
+            drop(store);
+            let mut again = LogStore::open(disk.clone()).await.unwrap();
+            let read = again.try_get_log_entries(0..=6).await.unwrap();
+            assert_eq!(format!("{read:?}"), format!("{expected:?}"));
+            let last = again.get_log_state().await.unwrap().last_log_id;
+            assert_eq!(
+                last,
+                Some(LogId::new_term_index(3, 6 + CACHED_ENTRIES as u64 + 10))
+            );
+        });
+    }
+
+    /// A write that fails fails its append and every later one: after a failed fsync what
+    /// reached the disk is unknown, so nothing more may be acknowledged.
+    #[test]
+    fn a_failed_write_fails_every_later_append() {
+        TypeConfig::run(async {
+            let sim = crate::env::SimDisk::new();
+            sim.set_sync_latency(crate::env::Duration::ZERO);
+            let mut store = LogStore::open(Disk::Sim(sim.clone())).await.unwrap();
+            store.save_vote(&Vote::new(2, 1)).await.unwrap();
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append([blank(2, 0)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            rx.await.unwrap().unwrap();
+            sim.set_fail_syncs(true);
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append([blank(2, 1)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            assert!(
+                rx.await.unwrap().is_err(),
+                "a failed fsync was acknowledged"
+            );
+            sim.set_fail_syncs(false);
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append([blank(2, 2)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            assert!(rx.await.unwrap().is_err(), "written after a failed write");
+            assert!(store.save_vote(&Vote::new(3, 1)).await.is_err());
         });
     }
 

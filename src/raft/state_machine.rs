@@ -43,6 +43,9 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Applied entries between two durable commits, at most: bounds the replay after a crash.
 pub const SYNC_EVERY_ENTRIES: u64 = 65536;
 
+/// The longest batch applied on the state machine's own task rather than the blocking pool.
+const INLINE_APPLY_ENTRIES: usize = 512;
+
 /// The state machine of one member. Clones share the database and the current snapshot.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -459,77 +462,94 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             Durability::None
         };
+        // A short batch commits on this task (`env::inline_io`); a durable commit (an fsync), a
+        // compaction (it may delete much history) or a long batch (a member catching up) goes
+        // to the blocking pool.
+        let short = !durable
+            && batch.len() <= INLINE_APPLY_ENTRIES
+            && !batch.iter().any(|(entry, _)| {
+                matches!(
+                    &entry.payload,
+                    EntryPayload::Normal(pb::Command {
+                        op: Some(pb::command::Op::Compaction(_)),
+                        ..
+                    })
+                )
+            });
         let db = self.db.clone();
-        let (batch, responses, changes, applied) =
-            env::blocking(move || -> Result<_, io::Error> {
-                let txn = storage::begin_write(&db, durability).map_err(io_error)?;
-                let mut revision = {
-                    let meta = txn.open_table(SM_META).map_err(io_error)?;
-                    revision_in(&meta)?
-                };
-                let mut new_membership = None;
-                let mut last_applied = None;
-                let mut responses = Vec::with_capacity(batch.len());
-                let mut changes = Vec::new();
-                let mut lease_events = Vec::new();
-                for (entry, _) in &batch {
-                    let response = match &entry.payload {
-                        EntryPayload::Normal(command)
-                            if command.lessor_term != 0
-                                && command.lessor_term != entry.log_id.leader_id.term =>
-                        {
-                            CommandResponse {
-                                revision,
-                                result: CommandResult::Rejected(apply::ApplyError::StaleLessorTerm),
-                            }
+        let work = move || -> Result<_, io::Error> {
+            let txn = storage::begin_write(&db, durability).map_err(io_error)?;
+            let mut revision = {
+                let meta = txn.open_table(SM_META).map_err(io_error)?;
+                revision_in(&meta)?
+            };
+            let mut new_membership = None;
+            let mut last_applied = None;
+            let mut responses = Vec::with_capacity(batch.len());
+            let mut changes = Vec::new();
+            let mut lease_events = Vec::new();
+            for (entry, _) in &batch {
+                let response = match &entry.payload {
+                    EntryPayload::Normal(command)
+                        if command.lessor_term != 0
+                            && command.lessor_term != entry.log_id.leader_id.term =>
+                    {
+                        CommandResponse {
+                            revision,
+                            result: CommandResult::Rejected(apply::ApplyError::StaleLessorTerm),
                         }
-                        EntryPayload::Normal(command) => {
-                            let response = apply::apply(&txn, revision, command, &mut changes)
-                                .map_err(io_error)?;
-                            assert!(response.revision >= revision, "revision went back");
-                            revision = response.revision;
-                            if let Some(event) = lease_event(command, &response.result) {
-                                lease_events.push((entry.log_id.index, event));
-                            }
-                            response
+                    }
+                    EntryPayload::Normal(command) => {
+                        let response = apply::apply(&txn, revision, command, &mut changes)
+                            .map_err(io_error)?;
+                        assert!(response.revision >= revision, "revision went back");
+                        revision = response.revision;
+                        if let Some(event) = lease_event(command, &response.result) {
+                            lease_events.push((entry.log_id.index, event));
                         }
-                        EntryPayload::Membership(membership) => {
-                            new_membership = Some(StoredMembership::new(
-                                Some(entry.log_id),
-                                membership.clone(),
-                            ));
-                            CommandResponse {
-                                revision,
-                                result: CommandResult::None,
-                            }
-                        }
-                        EntryPayload::Blank => CommandResponse {
+                        response
+                    }
+                    EntryPayload::Membership(membership) => {
+                        new_membership = Some(StoredMembership::new(
+                            Some(entry.log_id),
+                            membership.clone(),
+                        ));
+                        CommandResponse {
                             revision,
                             result: CommandResult::None,
-                        },
-                    };
-                    last_applied = Some(entry.log_id);
-                    probe::record(|| Probe::Applied {
-                        index: entry.log_id.index,
-                        term: entry.log_id.leader_id.term,
-                        // The Debug form: protobuf maps encode in hash order.
-                        digest: crate::fnv::hash(format!("{:?}", entry.payload).as_bytes()),
-                    });
-                    responses.push(response);
-                }
-                write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
-                let compacted = {
-                    let meta = txn.open_table(SM_META).map_err(io_error)?;
-                    mvcc::compacted_revision(&meta).map_err(io_error)?
+                        }
+                    }
+                    EntryPayload::Blank => CommandResponse {
+                        revision,
+                        result: CommandResult::None,
+                    },
                 };
-                txn.commit().map_err(io_error)?;
-                let applied = Applied {
-                    revision,
-                    compacted,
-                };
-                Ok((batch, responses, (changes, lease_events), applied))
-            })
-            .await?;
+                last_applied = Some(entry.log_id);
+                probe::record(|| Probe::Applied {
+                    index: entry.log_id.index,
+                    term: entry.log_id.leader_id.term,
+                    // The Debug form: protobuf maps encode in hash order.
+                    digest: crate::fnv::hash(format!("{:?}", entry.payload).as_bytes()),
+                });
+                responses.push(response);
+            }
+            write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
+            let compacted = {
+                let meta = txn.open_table(SM_META).map_err(io_error)?;
+                mvcc::compacted_revision(&meta).map_err(io_error)?
+            };
+            txn.commit().map_err(io_error)?;
+            let applied = Applied {
+                revision,
+                compacted,
+            };
+            Ok((batch, responses, (changes, lease_events), applied))
+        };
+        let (batch, responses, changes, applied) = if short {
+            env::inline_io(work)?
+        } else {
+            env::blocking(work).await?
+        };
         if durable {
             self.disk.after_sync().await;
         }
