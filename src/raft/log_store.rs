@@ -771,6 +771,13 @@ mod tests {
         }
     }
 
+    /// Appends `entries` and waits until they are flushed (`append` itself returns before).
+    async fn append_flushed(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
     async fn everything(store: &mut LogStore) -> (LogState<TypeConfig>, Option<Vote>, Vec<Entry>) {
         let state = store.get_log_state().await.unwrap();
         let vote = store.read_vote().await.unwrap();
@@ -789,13 +796,10 @@ mod tests {
             let mut store = LogStore::open(disk.clone()).await.unwrap();
             assert!(store.is_fresh());
             store.save_vote(&Vote::new(2, 1)).await.unwrap();
-            store
-                .append([blank(2, 0)], IOFlushed::noop())
-                .await
-                .unwrap();
+            append_flushed(&mut store, vec![blank(2, 0)]).await;
             for batch in 0..40u64 {
                 let entries = (1..=10).map(|i| put(2, batch * 10 + i));
-                store.append(entries, IOFlushed::noop()).await.unwrap();
+                append_flushed(&mut store, entries.collect()).await;
             }
             store
                 .save_committed(Some(LogId::new_term_index(2, 380)))
@@ -806,10 +810,7 @@ mod tests {
                 .await
                 .unwrap();
             store.save_vote(&Vote::new(3, 2)).await.unwrap();
-            store
-                .append((391..=395).map(|i| put(3, i)), IOFlushed::noop())
-                .await
-                .unwrap();
+            append_flushed(&mut store, (391..=395).map(|i| put(3, i)).collect()).await;
             let segments = disk.list_files("wal-").unwrap().len();
             assert!(segments >= 4, "{segments} segments");
             store.purge(LogId::new_term_index(2, 250)).await.unwrap();
