@@ -336,10 +336,7 @@ async fn run_writer(shared: Arc<Shared>, disk: Disk, mut queue: mpsc::Receiver<J
             jobs.push(job);
         }
         if let Some(error) = &failed {
-            for job in jobs {
-                job.done
-                    .complete(Err(io::Error::other(error.clone())), &shared);
-            }
+            fail_all(jobs, error, &shared);
             continue;
         }
         let sync = jobs.iter().any(|job| job.sync);
@@ -366,14 +363,21 @@ async fn run_writer(shared: Arc<Shared>, disk: Disk, mut queue: mpsc::Receiver<J
             }
             Err(error) => {
                 let error = error.to_string();
-                for job in jobs {
-                    job.done
-                        .complete(Err(io::Error::other(error.clone())), &shared);
-                }
+                fail_all(jobs, &error, &shared);
                 failed = Some(error);
             }
         }
     }
+}
+
+fn fail_all(jobs: Vec<Job>, error: &str, shared: &Shared) {
+    for job in jobs {
+        job.done.complete(Err(io::Error::other(error)), shared);
+    }
+}
+
+fn writer_stopped() -> io::Error {
+    io_error("the log's writer stopped")
 }
 
 impl Done {
@@ -461,16 +465,11 @@ impl LogStore {
             done: Done::Written(done),
         })
         .await?;
-        written
-            .await
-            .map_err(|_| io_error("the log's writer stopped"))?
+        written.await.map_err(|_| writer_stopped())?
     }
 
     async fn submit(&self, job: Job) -> Result<(), io::Error> {
-        self.queue
-            .send(job)
-            .await
-            .map_err(|_| io_error("the log's writer stopped"))
+        self.queue.send(job).await.map_err(|_| writer_stopped())
     }
 
     /// Writes the first boot's state, as etcd bootstraps a member: the initial membership as
@@ -666,8 +665,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let Done::Appended { callback, .. } = error.0.done else {
                 unreachable!("the job just made")
             };
-            callback.io_completed(Err(io_error("the log's writer stopped")));
-            return Err(io_error("the log's writer stopped"));
+            callback.io_completed(Err(writer_stopped()));
+            return Err(writer_stopped());
         }
         Ok(())
     }
@@ -771,11 +770,33 @@ mod tests {
         }
     }
 
-    /// Appends `entries` and waits until they are flushed (`append` itself returns before).
-    async fn append_flushed(store: &mut LogStore, entries: Vec<Entry>) {
+    /// A new log on a simulated disk whose fsyncs take no time.
+    async fn new_store() -> (crate::env::SimDisk, Disk, LogStore) {
+        let sim = crate::env::SimDisk::new();
+        sim.set_sync_latency(crate::env::Duration::ZERO);
+        let disk = Disk::Sim(sim.clone());
+        let store = LogStore::open(disk.clone()).await.unwrap();
+        (sim, disk, store)
+    }
+
+    /// Appends `entries` and answers how their flush went (`append` itself returns before).
+    async fn append_and_flush(
+        store: &mut LogStore,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(), io::Error> {
         let (tx, rx) = TypeConfig::oneshot();
-        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
+        store
+            .append(
+                entries.into_iter().collect::<Vec<_>>(),
+                IOFlushed::signal(tx),
+            )
+            .await
+            .unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn append_flushed(store: &mut LogStore, entries: impl IntoIterator<Item = Entry>) {
+        append_and_flush(store, entries).await.unwrap();
     }
 
     async fn everything(store: &mut LogStore) -> (LogState<TypeConfig>, Option<Vote>, Vec<Entry>) {
@@ -790,16 +811,13 @@ mod tests {
     #[test]
     fn the_log_replays_after_a_restart() {
         TypeConfig::run(async {
-            let sim = crate::env::SimDisk::new();
-            sim.set_sync_latency(crate::env::Duration::ZERO);
-            let disk = Disk::Sim(sim.clone());
-            let mut store = LogStore::open(disk.clone()).await.unwrap();
+            let (sim, disk, mut store) = new_store().await;
             assert!(store.is_fresh());
             store.save_vote(&Vote::new(2, 1)).await.unwrap();
-            append_flushed(&mut store, vec![blank(2, 0)]).await;
+            append_flushed(&mut store, [blank(2, 0)]).await;
             for batch in 0..40u64 {
                 let entries = (1..=10).map(|i| put(2, batch * 10 + i));
-                append_flushed(&mut store, entries.collect()).await;
+                append_flushed(&mut store, entries).await;
             }
             store
                 .save_committed(Some(LogId::new_term_index(2, 380)))
@@ -810,7 +828,7 @@ mod tests {
                 .await
                 .unwrap();
             store.save_vote(&Vote::new(3, 2)).await.unwrap();
-            append_flushed(&mut store, (391..=395).map(|i| put(3, i)).collect()).await;
+            append_flushed(&mut store, (391..=395).map(|i| put(3, i))).await;
             let segments = disk.list_files("wal-").unwrap().len();
             assert!(segments >= 4, "{segments} segments");
             store.purge(LogId::new_term_index(2, 250)).await.unwrap();
@@ -854,10 +872,7 @@ mod tests {
     #[test]
     fn appends_are_flushed_in_order_after_their_fsync() {
         TypeConfig::run(async {
-            let sim = crate::env::SimDisk::new();
-            sim.set_sync_latency(crate::env::Duration::ZERO);
-            let disk = Disk::Sim(sim.clone());
-            let mut store = LogStore::open(disk.clone()).await.unwrap();
+            let (sim, disk, mut store) = new_store().await;
             store.save_vote(&Vote::new(2, 1)).await.unwrap();
             sim.set_stalled(true);
             let (first_tx, mut first_rx) = TypeConfig::oneshot();
@@ -890,12 +905,7 @@ mod tests {
             second_rx.await.unwrap().unwrap();
             // Push the bodies out of memory so entries 4..=6 are read from their frames.
             let filler = (7..7 + CACHED_ENTRIES as u64 + 10).map(|i| blank(3, i));
-            let (filled_tx, filled_rx) = TypeConfig::oneshot();
-            store
-                .append(filler, IOFlushed::signal(filled_tx))
-                .await
-                .unwrap();
-            filled_rx.await.unwrap().unwrap();
+            append_flushed(&mut store, filler).await;
             let mut expected: Vec<Entry> = (0..=3).map(|i| blank(2, i)).collect();
             expected.extend((4..=6).map(|i| put(3, i)));
             let read = store.try_get_log_entries(0..=6).await.unwrap();
@@ -918,33 +928,15 @@ mod tests {
     #[test]
     fn a_failed_write_fails_every_later_append() {
         TypeConfig::run(async {
-            let sim = crate::env::SimDisk::new();
-            sim.set_sync_latency(crate::env::Duration::ZERO);
-            let mut store = LogStore::open(Disk::Sim(sim.clone())).await.unwrap();
+            let (sim, _disk, mut store) = new_store().await;
             store.save_vote(&Vote::new(2, 1)).await.unwrap();
-            let (tx, rx) = TypeConfig::oneshot();
-            store
-                .append([blank(2, 0)], IOFlushed::signal(tx))
-                .await
-                .unwrap();
-            rx.await.unwrap().unwrap();
+            append_flushed(&mut store, [blank(2, 0)]).await;
             sim.set_fail_syncs(true);
-            let (tx, rx) = TypeConfig::oneshot();
-            store
-                .append([blank(2, 1)], IOFlushed::signal(tx))
-                .await
-                .unwrap();
-            assert!(
-                rx.await.unwrap().is_err(),
-                "a failed fsync was acknowledged"
-            );
+            let flushed = append_and_flush(&mut store, [blank(2, 1)]).await;
+            assert!(flushed.is_err(), "a failed fsync was acknowledged");
             sim.set_fail_syncs(false);
-            let (tx, rx) = TypeConfig::oneshot();
-            store
-                .append([blank(2, 2)], IOFlushed::signal(tx))
-                .await
-                .unwrap();
-            assert!(rx.await.unwrap().is_err(), "written after a failed write");
+            let flushed = append_and_flush(&mut store, [blank(2, 2)]).await;
+            assert!(flushed.is_err(), "written after a failed write");
             assert!(store.save_vote(&Vote::new(3, 1)).await.is_err());
         });
     }
