@@ -15,12 +15,13 @@ use crate::api::forward::Forwarder;
 use crate::api::kv::{KvLimits, KvService};
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::read_index::ReadIndexer;
 use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::watch::WatchService;
 use crate::api::NotYetImplemented;
 use crate::config::{socket_addr, ClusterState, Config};
 use crate::env::{Clock, Disk, SocketAddr};
-use crate::node::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig, REQUEST_TIMEOUT};
 use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -137,10 +138,12 @@ pub async fn run(
     let max_request_bytes = config.max_request_bytes;
     let max_message_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES;
     let forwarder = Forwarder::new(max_message_bytes);
+    let (read_indexer, read_queue) = ReadIndexer::new();
     let kv = |node: &Node| {
         KvServer::new(KvService::new(
             node.clone(),
             forwarder.clone(),
+            read_indexer.clone(),
             KvLimits {
                 max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
@@ -188,7 +191,7 @@ pub async fn run(
     for addr in &listeners.peers {
         let router = Server::builder()
             .add_service(
-                RaftServer::new(RaftService::new(node.raft.clone()))
+                RaftServer::new(RaftService::new(node.raft.clone(), REQUEST_TIMEOUT))
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             )
@@ -214,6 +217,12 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let lessor = tokio::spawn(crate::node::lessor::run(node.clone(), stop_rx.clone()));
+    let read_indexes = tokio::spawn(crate::api::read_index::run(
+        node.clone(),
+        forwarder.clone(),
+        read_queue,
+        stop_rx.clone(),
+    ));
     on_ready(&node, &listeners);
 
     shutdown.await;
@@ -228,6 +237,7 @@ pub async fn run(
     }
     let _ = compactor.await;
     let _ = lessor.await;
+    let _ = read_indexes.await;
     node.shutdown().await;
     result
 }

@@ -296,8 +296,9 @@ pub fn check(
         // Never early: the TTL from the last acknowledged keep-alive (or the grant).
         let base = p.acked.last().copied().or(p.granted).expect("granted");
         let earliest = match (p.end, p.lost) {
-            // A revoke deletes when asked, never before the provider stopped.
-            (End::Revokes, None) => stopped,
+            // A revoke deletes when asked, never before the provider stopped; but a provider
+            // that reached no member for longer than its TTL has let its lease expire first.
+            (End::Revokes, None) => stopped.min(base + ttl),
             _ => base + ttl,
         };
         assert!(

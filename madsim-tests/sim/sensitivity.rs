@@ -25,7 +25,7 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
     match bug {
         Bug::AckBeforeDurable => vec![CHAOS],
         Bug::VoteNotDurable => vec![CHAOS],
-        Bug::StaleFollowerRead => vec![CHAOS],
+        Bug::StaleFollowerRead | Bug::FollowerReadBeforeApplied => vec![CHAOS],
         Bug::LeaderRestore => vec![
             CHAOS,
             ("leader_crash_after_ack", || {

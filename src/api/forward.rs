@@ -16,6 +16,7 @@ use crate::env::Duration;
 use crate::node::REQUEST_TIMEOUT;
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
+use crate::pb::raft::raft_client::RaftClient;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::MemberNode;
 
@@ -36,7 +37,7 @@ pub fn mark<T>(message: T) -> Request<T> {
     request
 }
 
-/// KV and Lease clients to other members' peer URLs, connected lazily and kept.
+/// KV, Lease and Raft clients to other members' peer URLs, connected lazily and kept.
 #[derive(Clone, Default)]
 pub struct Forwarder {
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
@@ -60,6 +61,11 @@ impl Forwarder {
 
     pub fn lease(&self, leader: &MemberNode) -> Result<LeaseClient<Channel>, Status> {
         Ok(LeaseClient::new(self.channel(leader)?))
+    }
+
+    /// The leader's Raft service, for a follower's read index.
+    pub fn raft(&self, leader: &MemberNode) -> Result<RaftClient<Channel>, Status> {
+        Ok(RaftClient::new(self.channel(leader)?))
     }
 
     fn channel(&self, leader: &MemberNode) -> Result<Channel, Status> {

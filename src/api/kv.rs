@@ -3,16 +3,19 @@
 //! Every request is validated first (`validate`), then either proposed through Raft (writes,
 //! compaction) or read after a ReadIndex barrier (linearizable reads, read-only txns) or straight
 //! from the local state machine (`serializable` reads). A member that is not the leader forwards
-//! the request to the leader and answers with its own member ID in the header, as etcd does.
+//! writes to the leader and answers with its own member ID in the header, as etcd does; for a
+//! linearizable read it asks the leader only for the read index and reads its own state.
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::forward::{self, Forwarder};
+use super::read_index::{Outcome, ReadIndexer};
 use super::status::ApiError;
 use super::validate;
 use crate::apply::{self, CommandResponse, CommandResult};
-use crate::node::{Node, NodeError};
+use crate::env::clock::Instant;
+use crate::node::{Node, NodeError, REQUEST_TIMEOUT};
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -31,14 +34,21 @@ pub struct KvLimits {
 pub struct KvService {
     node: Node,
     forwarder: Forwarder,
+    read_indexer: ReadIndexer,
     limits: KvLimits,
 }
 
 impl KvService {
-    pub fn new(node: Node, forwarder: Forwarder, limits: KvLimits) -> Self {
+    pub fn new(
+        node: Node,
+        forwarder: Forwarder,
+        read_indexer: ReadIndexer,
+        limits: KvLimits,
+    ) -> Self {
         Self {
             node,
             forwarder,
+            read_indexer,
             limits,
         }
     }
@@ -67,13 +77,50 @@ impl KvService {
         }
     }
 
-    /// Waits until this member may answer a linearizable read; answers the leader to forward the
-    /// read to instead, if this member cannot tell.
+    /// Waits until this member may answer a linearizable read from its own state machine. On a
+    /// follower that means asking the leader for a read index and applying up to it; answers the
+    /// leader to forward the whole read to instead if the leader cannot give read indexes (a
+    /// member of an older version).
     async fn barrier(&self, forwarded: bool) -> Result<Option<MemberNode>, Status> {
+        let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
         match self.node.read_barrier().await {
             Ok(()) => Ok(None),
-            Err(NodeError::ForwardToLeader(leader)) if !forwarded => Ok(Some(leader)),
+            Err(NodeError::ForwardToLeader(leader)) if !forwarded => {
+                self.follower_barrier(leader, deadline).await
+            }
             Err(error) => Err(node_status(error)),
+        }
+    }
+
+    /// A follower's half of a linearizable read: the leader's read index (one call for all the
+    /// reads waiting, `read_index`), then this member's state machine applied that far.
+    async fn follower_barrier(
+        &self,
+        leader: MemberNode,
+        deadline: Instant,
+    ) -> Result<Option<MemberNode>, Status> {
+        let remaining = deadline.since(self.node.clock.now());
+        let outcome = self
+            .node
+            .clock
+            .timeout(remaining, self.read_indexer.read_index())
+            .await
+            .map_err(|_elapsed| Status::from(ApiError::Timeout))?;
+        match outcome {
+            Outcome::Forward => Ok(Some(leader)),
+            Outcome::Failed(status) => Err(status),
+            Outcome::Index(_)
+                if crate::env::bugs::enabled(crate::env::bugs::Bug::FollowerReadBeforeApplied) =>
+            {
+                Ok(None)
+            }
+            Outcome::Index(index) => {
+                self.node
+                    .await_applied(index, deadline)
+                    .await
+                    .map_err(node_status)?;
+                Ok(None)
+            }
         }
     }
 
@@ -102,7 +149,7 @@ macro_rules! forward_to {
 }
 
 /// A failed call to the leader: a deadline is etcd's request timeout, anything else passes on.
-fn forward_status(status: Status) -> Status {
+pub(super) fn forward_status(status: Status) -> Status {
     match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ApiError::Timeout.into(),
         _ => status,

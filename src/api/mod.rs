@@ -9,6 +9,7 @@ pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod read_index;
 pub mod status;
 pub mod validate;
 pub mod watch;

@@ -45,10 +45,14 @@ pub enum Bug {
     /// applied (the "more is owed" round is lost): under a write lull a watcher that started
     /// from old history stays stuck one batch in, starved while the live watchers are served.
     CatchUpWaitsForWrites,
+    /// A follower's linearizable read gets the leader's read index but reads its own state
+    /// machine without waiting to have applied that far: it misses writes the leader had
+    /// acknowledged before the read began.
+    FollowerReadBeforeApplied,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -60,6 +64,7 @@ impl Bug {
         Bug::LeaderReadWithoutQuorum,
         Bug::CorruptWalTakenForTorn,
         Bug::CatchUpWaitsForWrites,
+        Bug::FollowerReadBeforeApplied,
     ];
 
     #[cfg(madsim)]

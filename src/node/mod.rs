@@ -2,11 +2,11 @@
 //! writes through Raft, reads after a ReadIndex barrier.
 //!
 //! A write is proposed with `client_write` and answered when this member has applied it. A
-//! linearizable read first asks the leader for a ReadIndex (openraft's `ensure_linearizable`,
-//! which confirms leadership with a quorum round and waits until the local state machine has
-//! applied up to it), so it never returns data older than a write acknowledged before it started,
-//! even across a leader change. A member that is not the leader says who is, and the API layer
-//! forwards the request there (as etcd followers do).
+//! linearizable read first gets a read index from the leader (`raft::read_index`, which confirms
+//! leadership with a quorum round) and waits until the local state machine has applied up to it,
+//! so it never returns data older than a write acknowledged before it started, even across a
+//! leader change. A member that is not the leader says who is: the API layer forwards writes
+//! there, and asks it for the read index of a read (as etcd followers do).
 
 pub mod compactor;
 pub mod lessor;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::ReadPolicy;
+use openraft::metrics::WaitError;
 
 use crate::apply::CommandResponse;
 use crate::env::{Clock, Disk, Duration};
@@ -295,32 +295,65 @@ impl Node {
     }
 
     /// Returns once this member's state machine has applied everything acknowledged before the
-    /// call: the ReadIndex barrier of a linearizable read. Only the leader can do it.
+    /// call: the ReadIndex barrier of a linearizable read. Only the leader can do it; a follower
+    /// learns the leader to ask for a read index (`ForwardToLeader`) and then calls
+    /// [`Node::await_applied`].
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let deadline = self.clock.now().plus(REQUEST_TIMEOUT);
         let leader = self.wait_for_leader(deadline).await;
         if leader != Some(self.id) {
             return Err(self.redirect(leader));
         }
-        if crate::env::bugs::enabled(crate::env::bugs::Bug::LeaderReadWithoutQuorum) {
+        let remaining = deadline.since(self.clock.now());
+        let index = match self
+            .clock
+            .timeout(remaining, crate::raft::read_index(&self.raft))
+            .await
+        {
+            Err(_elapsed) => return Err(NodeError::Timeout),
+            Ok(Ok(index)) => index,
+            Ok(Err(error)) => {
+                return Err(match (error.forward_to_leader(), &error) {
+                    (Some(forward), _) => self.redirect(forward.leader_id),
+                    (None, RaftError::Fatal(fatal)) => NodeError::Stopped(fatal.to_string()),
+                    (None, RaftError::APIError(_)) => NodeError::Timeout,
+                })
+            }
+        };
+        self.await_applied(index, deadline).await
+    }
+
+    /// Returns once this member's state machine has applied log index `index` (a leader's read
+    /// index), or times out at `deadline`.
+    pub async fn await_applied(
+        &self,
+        index: u64,
+        deadline: crate::env::clock::Instant,
+    ) -> Result<(), NodeError> {
+        let applied = || {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.last_applied.map_or(0, |log_id| log_id.index)
+        };
+        if applied() >= index {
             return Ok(());
         }
         let remaining = deadline.since(self.clock.now());
+        let wait = self.raft.wait(None);
         match self
             .clock
             .timeout(
                 remaining,
-                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                wait.applied_index_at_least(Some(index), "read index"),
             )
             .await
         {
             Err(_elapsed) => Err(NodeError::Timeout),
-            Ok(Ok(_read_log_id)) => Ok(()),
-            Ok(Err(error)) => match (error.forward_to_leader(), &error) {
-                (Some(forward), _) => Err(self.redirect(forward.leader_id)),
-                (None, RaftError::Fatal(fatal)) => Err(NodeError::Stopped(fatal.to_string())),
-                (None, RaftError::APIError(_)) => Err(NodeError::Timeout),
-            },
+            Ok(Ok(_metrics)) => Ok(()),
+            Ok(Err(WaitError::ShuttingDown)) => {
+                Err(NodeError::Stopped("raft is shutting down".to_string()))
+            }
+            Ok(Err(WaitError::Timeout(..))) => Err(NodeError::Timeout),
         }
     }
 

@@ -13,6 +13,10 @@ pub mod state_machine;
 
 use std::fmt;
 
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+
 use crate::apply::CommandResponse;
 use crate::pb::raft::{command, Command};
 
@@ -84,4 +88,22 @@ pub type Snapshot =
 /// An I/O error for openraft from any error of ours.
 pub(crate) fn io_error(error: impl fmt::Display) -> std::io::Error {
     std::io::Error::other(error.to_string())
+}
+
+/// The log index a linearizable read must wait for: confirms through a quorum round that this
+/// member still leads (openraft's ReadIndex) and answers an index at or past every write
+/// acknowledged before the call. Any member that has applied that index may then serve the read
+/// from its own state machine: the leader itself, or a follower that asked it.
+pub async fn read_index(
+    raft: &DetcdRaft,
+) -> Result<u64, RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> {
+    if crate::env::bugs::enabled(crate::env::bugs::Bug::LeaderReadWithoutQuorum) {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader == Some(metrics.id) {
+            return Ok(metrics.last_applied.map_or(0, |log_id| log_id.index));
+        }
+    }
+    let linearizer = raft.get_read_linearizer(ReadPolicy::ReadIndex).await?;
+    Ok(linearizer.read_log_id().index())
 }

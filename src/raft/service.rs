@@ -3,18 +3,26 @@
 
 use tonic::{Request, Response, Status};
 
+use openraft::error::RaftError;
+
 use super::codec;
 use super::{DetcdRaft, Snapshot};
+use crate::env::Duration;
 use crate::pb::raft as pb;
 use crate::pb::raft::raft_server::Raft;
 
 pub struct RaftService {
     raft: DetcdRaft,
+    /// How long a ReadIndex waits for a quorum round before it answers `DEADLINE_EXCEEDED`.
+    request_timeout: Duration,
 }
 
 impl RaftService {
-    pub fn new(raft: DetcdRaft) -> Self {
-        Self { raft }
+    pub fn new(raft: DetcdRaft, request_timeout: Duration) -> Self {
+        Self {
+            raft,
+            request_timeout,
+        }
     }
 }
 
@@ -69,5 +77,35 @@ impl Raft for RaftService {
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(codec::vote_to_pb(&response.vote)),
         }))
+    }
+
+    /// A follower's linearizable read: confirms this member leads and answers the index the
+    /// follower must apply before it reads. Not the leader: says which member is, unconfirmed.
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let read = tokio::time::timeout(self.request_timeout, super::read_index(&self.raft));
+        match read.await {
+            Err(_elapsed) => Err(Status::deadline_exceeded(
+                "read index: no quorum confirmed the leader within the request timeout",
+            )),
+            Ok(Ok(index)) => Ok(Response::new(pb::ReadIndexResponse {
+                confirmed: true,
+                index,
+                leader: 0,
+            })),
+            Ok(Err(error)) => match (error.forward_to_leader(), &error) {
+                (Some(forward), _) => Ok(Response::new(pb::ReadIndexResponse {
+                    confirmed: false,
+                    index: 0,
+                    leader: forward.leader_id.unwrap_or(0),
+                })),
+                (None, RaftError::Fatal(fatal)) => Err(unavailable(fatal)),
+                (None, RaftError::APIError(other)) => {
+                    Err(Status::deadline_exceeded(format!("read index: {other}")))
+                }
+            },
+        }
     }
 }
