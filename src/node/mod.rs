@@ -330,12 +330,7 @@ impl Node {
         index: u64,
         deadline: crate::env::clock::Instant,
     ) -> Result<(), NodeError> {
-        let applied = || {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            metrics.last_applied.map_or(0, |log_id| log_id.index)
-        };
-        if applied() >= index {
+        if self.raft_status().applied_index >= index {
             return Ok(());
         }
         let remaining = deadline.since(self.clock.now());

@@ -80,7 +80,7 @@ impl Raft for RaftService {
     }
 
     /// A follower's linearizable read: confirms this member leads and answers the index the
-    /// follower must apply before it reads. Not the leader: says which member is, unconfirmed.
+    /// follower must apply before it reads. Not the leader: unconfirmed.
     async fn read_index(
         &self,
         _request: Request<pb::ReadIndexRequest>,
@@ -93,13 +93,11 @@ impl Raft for RaftService {
             Ok(Ok(index)) => Ok(Response::new(pb::ReadIndexResponse {
                 confirmed: true,
                 index,
-                leader: 0,
             })),
             Ok(Err(error)) => match (error.forward_to_leader(), &error) {
-                (Some(forward), _) => Ok(Response::new(pb::ReadIndexResponse {
+                (Some(_forward), _) => Ok(Response::new(pb::ReadIndexResponse {
                     confirmed: false,
                     index: 0,
-                    leader: forward.leader_id.unwrap_or(0),
                 })),
                 (None, RaftError::Fatal(fatal)) => Err(unavailable(fatal)),
                 (None, RaftError::APIError(other)) => {
