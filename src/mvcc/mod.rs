@@ -154,7 +154,7 @@ impl KeyRange {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<KeyValue, StorageError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<KeyValue, StorageError> {
     crate::storage::encoding::decode_key_value(bytes)
         .ok_or_else(|| StorageError("corrupt key-value record".to_string()))
 }

@@ -504,3 +504,60 @@ fn a_key_changed_twice_in_one_revision_compacts_cleanly() {
     // remain: no orphaned change of either double-changed key.
     assert_eq!(left, [(3, 2), (5, 0)]);
 }
+
+#[test]
+fn a_format_1_database_is_upgraded_and_an_unknown_format_is_refused() {
+    use crate::storage::{create_tables, FORMAT, KV, META_FORMAT, SM_META};
+    let db = database();
+    let mut revision = INITIAL_REVISION;
+    revision = write(&db, revision, |w| {
+        w.put(b"a", b"1", 0).unwrap();
+    });
+    revision = write(&db, revision, |w| {
+        w.put(b"b", b"2", 0).unwrap();
+        w.put(b"a", b"3", 0).unwrap();
+    });
+    revision = write(&db, revision, |w| {
+        w.delete_range(&KeyRange::new("b", "")).unwrap();
+    });
+    write(&db, revision, |w| {
+        w.put(b"c", b"4", 0).unwrap();
+    });
+    let before = read(&db, "\0", "\0", 0);
+    assert_eq!(before.kvs.len(), 2);
+    // Format 1: `kv` held each live key-value in full, and `sm_meta` had no format.
+    let txn = db.begin_write().unwrap();
+    {
+        let mut kv = txn.open_table(KV).unwrap();
+        for live in &before.kvs {
+            kv.insert(
+                live.key.as_slice(),
+                encoding::encode_key_value(live).as_slice(),
+            )
+            .unwrap();
+        }
+        txn.open_table(SM_META)
+            .unwrap()
+            .remove(META_FORMAT)
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    create_tables(&db).unwrap();
+    assert_eq!(read(&db, "\0", "\0", 0), before);
+    let txn = db.begin_read().unwrap();
+    let kv = txn.open_table(KV).unwrap();
+    for row in kv.iter().unwrap() {
+        assert_eq!(row.unwrap().1.value().len(), 16, "a revision, not a copy");
+    }
+    drop((kv, txn));
+    // A format from a newer detcd is not misread.
+    let txn = db.begin_write().unwrap();
+    txn.open_table(SM_META)
+        .unwrap()
+        .insert(META_FORMAT, encoding::encode_u64(FORMAT + 1).as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    let refused = create_tables(&db).unwrap_err().to_string();
+    assert!(refused.contains("data format 3"), "{refused}");
+    assert_eq!(read(&db, "\0", "\0", 0), before);
+}

@@ -90,8 +90,8 @@ where
     ) -> Result<(), StorageError> {
         let iter = match range.span() {
             Span::Single(key) => {
-                if let Some(value) = self.kv.get(key)? {
-                    visit(value.value())?;
+                if let Some(revision) = self.kv.get(key)? {
+                    self.visit_put(revision.value(), visit)?;
                 }
                 return Ok(());
             }
@@ -100,12 +100,40 @@ where
             Span::Between(start, end) => self.kv.range::<&[u8]>(start..end)?,
         };
         for item in iter {
-            let (_key, value) = item?;
-            if !visit(value.value())? {
+            let (_key, revision) = item?;
+            if !self.visit_put(revision.value(), visit)? {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// The live generation of `key`, if any.
+    pub(crate) fn live(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        let mut found = None;
+        self.for_each_live(&KeyRange::new(key, Vec::new()), &mut |bytes| {
+            found = Some(super::decode(bytes)?);
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// Visits the encoded key-value of the put at `revision` (an encoded [`Revision`] that the
+    /// live table or the index names); answers what `visit` does.
+    fn visit_put(
+        &self,
+        revision: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> Result<bool, StorageError>,
+    ) -> Result<bool, StorageError> {
+        let missing = || {
+            let main = encoding::decode_revision(revision).map_or(-1, |revision| revision.main);
+            StorageError(format!("history has no put at revision {main}"))
+        };
+        let event = self.history.get(revision)?.ok_or_else(missing)?;
+        match event.value().split_first() {
+            Some((b'P', kv)) => visit(kv),
+            _ => Err(missing()),
+        }
     }
 
     /// Visits, in key order, the encoded key-value each key of `range` had at revision `at`:
@@ -136,17 +164,7 @@ where
             if tombstone {
                 return Ok(true);
             }
-            let revision = encoding::encode_revision(Revision { main, sub });
-            let event = self
-                .history
-                .get(revision.as_slice())?
-                .ok_or_else(|| StorageError(format!("index names missing revision {main}")))?;
-            match event.value().split_first() {
-                Some((b'P', kv)) => visit(kv),
-                _ => Err(StorageError(format!(
-                    "index and history disagree at {main}"
-                ))),
-            }
+            self.visit_put(&encoding::encode_revision(Revision { main, sub }), visit)
         };
         for item in iter {
             let (key, entry) = item?;

@@ -98,10 +98,7 @@ impl<'txn> Writer<'txn> {
 
     /// The live generation of `key`, if any (including this request's own changes).
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
-        match self.view.kv.get(key)? {
-            Some(bytes) => Ok(Some(decode(bytes.value())?)),
-            None => Ok(None),
-        }
+        self.view.live(key)
     }
 
     /// A range read inside this request: at `revision` 0 it sees this request's own earlier
@@ -157,7 +154,7 @@ impl<'txn> Writer<'txn> {
         );
         self.view
             .kv
-            .insert(key, encoding::encode_key_value(&kv).as_slice())?;
+            .insert(key, encoding::encode_revision(revision).as_slice())?;
         if let Some(old) = previous.map(|prev| prev.lease).filter(|&old| old != 0) {
             if old != lease {
                 self.lease_keys.remove((old, key))?;

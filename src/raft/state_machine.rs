@@ -33,8 +33,8 @@ use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
 use crate::storage::{self, encoding};
 use crate::storage::{
-    KV, KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED,
-    META_MEMBERSHIP, META_REVISION, SM_META,
+    KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP,
+    META_REVISION, SM_META,
 };
 use crate::watch::{Applied, Hub};
 
@@ -256,16 +256,27 @@ impl StateMachine {
                 .filter(|&compacted| compacted != mvcc::NEVER_COMPACTED),
             ..Default::default()
         };
-        for (table, rows) in [(KV, &mut data.kv), (KV_REVISIONS, &mut data.kv_revisions)] {
-            let table = txn.open_table(table).map_err(io_error)?;
-            for item in table.iter().map_err(io_error)? {
-                let (key, value) = item.map_err(io_error)?;
-                rows.push(pb::KeyValuePair {
-                    key: key.value().to_vec(),
-                    value: value.value().to_vec(),
-                });
-            }
+        let history = txn.open_table(KV_REVISIONS).map_err(io_error)?;
+        for item in history.iter().map_err(io_error)? {
+            let (revision, event) = item.map_err(io_error)?;
+            data.kv_revisions.push(pb::KeyValuePair {
+                key: revision.value().to_vec(),
+                value: event.value().to_vec(),
+            });
         }
+        // The live key-values in full, as format 1 stored them (what `install_data` checks).
+        mvcc::View::open(txn)
+            .and_then(|view| {
+                view.for_each_live(&mvcc::KeyRange::new(vec![0], vec![0]), &mut |record| {
+                    let kv = mvcc::decode(record)?;
+                    data.kv.push(pb::KeyValuePair {
+                        key: kv.key,
+                        value: record.to_vec(),
+                    });
+                    Ok(true)
+                })
+            })
+            .map_err(io_error)?;
         let leases = txn.open_table(LEASES).map_err(io_error)?;
         for item in leases.iter().map_err(io_error)? {
             let (id, record) = item.map_err(io_error)?;
@@ -286,15 +297,14 @@ fn install_data(
     state: &AppliedState,
 ) -> Result<(), io::Error> {
     let txn = storage::begin_write(db, Durability::Immediate).map_err(io_error)?;
-    for (table, rows) in [(KV, &data.kv), (KV_REVISIONS, &data.kv_revisions)] {
-        let mut table = txn.open_table(table).map_err(io_error)?;
-        table.retain(|_, _| false).map_err(io_error)?;
-        for row in rows {
-            table
-                .insert(row.key.as_slice(), row.value.as_slice())
-                .map_err(io_error)?;
-        }
+    let mut history = txn.open_table(KV_REVISIONS).map_err(io_error)?;
+    history.retain(|_, _| false).map_err(io_error)?;
+    for row in &data.kv_revisions {
+        history
+            .insert(row.key.as_slice(), row.value.as_slice())
+            .map_err(io_error)?;
     }
+    drop(history);
     // The index is derived from history.
     let mut index = txn.open_table(KV_INDEX).map_err(io_error)?;
     index.retain(|_, _| false).map_err(io_error)?;
@@ -314,6 +324,14 @@ fn install_data(
             .map_err(io_error)?;
     }
     drop(index);
+    // So is the live table; the snapshot's copy of it must agree.
+    let live = storage::rebuild_live_table(&txn).map_err(io_error)?;
+    if live != data.kv.len() as u64 {
+        return Err(io_error(format!(
+            "corrupt snapshot: {} live keys, but its history has {live}",
+            data.kv.len()
+        )));
+    }
     // Leases, and which keys each has (derived from the live keys' lease fields).
     let mut leases = txn.open_table(LEASES).map_err(io_error)?;
     leases.retain(|_, _| false).map_err(io_error)?;
@@ -719,6 +737,24 @@ mod tests {
         let expected = observe(&source);
         assert_eq!(expected.1, 4);
         assert_eq!(observe(&target), expected);
+        // The live table is derived from history, values included.
+        let live = |db: &Database| {
+            let txn = db.begin_read().unwrap();
+            let request = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            ReadOnly::open(&txn).unwrap().range(&request).unwrap().kvs
+        };
+        assert_eq!(live(&source).len(), 2);
+        assert_eq!(live(&target), live(&source));
+        // A snapshot whose live keys disagree with its history is refused.
+        let mut short = data.clone();
+        short.kv.pop();
+        let refused = install_data(&target, &short, &state).unwrap_err();
+        assert!(refused.to_string().contains("1 live keys"), "{refused}");
+        assert_eq!(live(&target), live(&source));
     }
 
     /// Applies one command on top of `revision` in its own transaction.

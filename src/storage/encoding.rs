@@ -5,6 +5,8 @@
 //! A revision is the 16-byte big-endian `(main, sub)`, so redb's byte order is revision order.
 //! A history event is one tag byte (`P`ut or `D`elete) followed by the encoded `KeyValue`; a delete
 //! keeps the key and `mod_revision` (the tombstone) with version 0, as etcd does.
+//! A live key's row in `kv` is the revision key of its newest put, whose history event holds the
+//! key-value.
 
 use crate::mvcc::{KeyValue, Revision};
 

@@ -9,22 +9,24 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
-//! | `kv` | user key | [`encoding::encode_key_value`] of the live `KeyValue` |
+//! | `kv` | user key | the [`encoding::RevisionKey`] of its live generation's newest put |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
 //! | `kv_index` | (user key, main, sub) | 1 for a tombstone, 0 for a put |
 //! | `leases` | lease ID | [`encoding::encode_lease`]: granted TTL, checkpointed remaining TTL |
 //! | `lease_keys` | (lease ID, user key) | 0: the key is attached to the lease |
 //!
-//! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction.
-//! `kv_index` is derived from `kv_revisions`, and `lease_keys` from `kv` (a snapshot carries
-//! only the latter).
+//! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction,
+//! and `"format"` (big-endian u64), the layout of these tables ([`FORMAT`]).
+//! `kv` and `kv_index` are derived from `kv_revisions`, and `lease_keys` from the live keys:
+//! a live key's value is stored once, in its history row, which compaction never removes (it
+//! keeps each key's newest change if that is a put).
 //!
 //! Architecture Invariant: no other module defines a table or decides a byte layout.
 
 pub mod encoding;
 pub mod wal;
 
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -37,6 +39,12 @@ pub const META_LAST_APPLIED: &str = "last_applied";
 pub const META_MEMBERSHIP: &str = "membership";
 pub const META_REVISION: &str = "revision";
 pub const META_COMPACTED: &str = "compacted";
+pub const META_FORMAT: &str = "format";
+
+/// The layout of the tables that this detcd writes and reads. Format 1 (no `"format"` row, up
+/// to 2026-12-03) kept a second copy of every live key-value in `kv`; format 2 keeps only its
+/// revision there. A format 1 database is upgraded when it is opened.
+pub const FORMAT: u64 = 2;
 
 /// The database file of a member, inside its data directory.
 pub const DATABASE_FILE: &str = "detcd.redb";
@@ -91,15 +99,86 @@ pub fn begin_write(
     Ok(txn)
 }
 
-/// Creates every table, so readers never meet a missing one.
+/// Creates every table, so readers never meet a missing one, and brings an older format's
+/// tables up to [`FORMAT`]; a database of a format this detcd does not know is refused rather
+/// than misread.
 pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     let txn = begin_write(db, redb::Durability::Immediate)?;
-    txn.open_table(SM_META)?;
+    let mut meta = txn.open_table(SM_META)?;
     txn.open_table(KV)?;
     txn.open_table(KV_REVISIONS)?;
     txn.open_table(KV_INDEX)?;
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
+    let format = match meta.get(META_FORMAT)? {
+        Some(bytes) => Some(
+            encoding::decode_u64(bytes.value())
+                .ok_or_else(|| StorageError("corrupt data format".into()))?,
+        ),
+        None => None,
+    };
+    match format {
+        Some(FORMAT) => {}
+        Some(other) => {
+            return Err(StorageError(format!(
+                "{DATABASE_FILE} has data format {other}; this detcd reads format {FORMAT} \
+                 (and upgrades format 1)"
+            )))
+        }
+        // Format 1, or a new database: its live table is derived again from history.
+        None => {
+            rebuild_live_table(&txn)?;
+            meta.insert(META_FORMAT, encoding::encode_u64(FORMAT).as_slice())?;
+        }
+    }
+    drop(meta);
     txn.commit()?;
     Ok(())
+}
+
+/// Derives the live table (`kv`) from the history index: every key whose newest change is a
+/// put is live at that put's revision. Checks that each such put is in the history. Answers
+/// how many keys are live.
+pub fn rebuild_live_table(txn: &redb::WriteTransaction) -> Result<u64, StorageError> {
+    let index = txn.open_table(KV_INDEX)?;
+    let history = txn.open_table(KV_REVISIONS)?;
+    let mut live = txn.open_table(KV)?;
+    live.retain(|_, _| false)?;
+    let mut count = 0;
+    let mut insert = |newest: &Option<(Vec<u8>, u64, u64, bool)>| -> Result<(), StorageError> {
+        let Some((key, main, sub, false)) = newest else {
+            return Ok(());
+        };
+        let revision = encoding::encode_revision(crate::mvcc::Revision {
+            main: *main as i64,
+            sub: *sub as i64,
+        });
+        match history.get(revision.as_slice())? {
+            Some(event) if event.value().first() == Some(&b'P') => {}
+            _ => {
+                return Err(StorageError(format!(
+                    "history has no put at revision {main} that its index names"
+                )))
+            }
+        }
+        live.insert(key.as_slice(), revision.as_slice())?;
+        count += 1;
+        Ok(())
+    };
+    // Index rows come sorted by (key, main, sub): a key's last row is its newest change.
+    let mut newest: Option<(Vec<u8>, u64, u64, bool)> = None;
+    for item in index.iter()? {
+        let (row, tombstone) = item?;
+        let (key, main, sub) = row.value();
+        let tombstone = tombstone.value() == 1;
+        match &mut newest {
+            Some(same) if same.0 == key => (same.1, same.2, same.3) = (main, sub, tombstone),
+            _ => {
+                insert(&newest)?;
+                newest = Some((key.to_vec(), main, sub, tombstone));
+            }
+        }
+    }
+    insert(&newest)?;
+    Ok(count)
 }
