@@ -17,7 +17,16 @@ fn main() -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread runs every task of the member; blocking work (reads, durable commits) goes to
+    // tokio's blocking pool as before. On this kind of machine (2 shared vCPUs) a task woken
+    // on another worker costs a futex wake and a context switch, and tasks of one request
+    // (gRPC, Raft core, log writer, apply) wake each other several times: the multi-threaded
+    // runtime spent 15-25 % more CPU per request for 1-15 % less throughput (README,
+    // "Performance": one thread for the member's tasks).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("detcd: cannot start the async runtime: {error}");

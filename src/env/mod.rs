@@ -51,12 +51,12 @@ where
 }
 
 /// Runs short blocking I/O right here, on the async task that needs it: a write and fsync of
-/// the log (its one writer task), a non-durable redb commit. Real mode blocks this runtime
-/// worker for the duration, which costs less than the two thread hops of [`blocking`] (a third
-/// of a single-client put's latency; README, "Performance"). Only these callers use it: the
-/// log's writer is one task, so at most one worker at a time waits in an fsync, and the rest of
-/// the member (heartbeats, requests) runs on the others. Anything that may take long (a
-/// durable redb commit, a snapshot, opening the database) goes through [`blocking`].
+/// the log (its one writer task), a non-durable redb commit. Real mode blocks the member's
+/// runtime thread (`main.rs`: one thread runs every task) for the duration, which costs less
+/// than the two thread hops of [`blocking`] (a third of a single-client put's latency; README,
+/// "Performance"): requests that arrive meanwhile wait in their sockets and are read together
+/// afterwards. Only these callers use it. Anything that may take long (a read, a durable redb
+/// commit, a compaction, a snapshot, opening the database) goes through [`blocking`].
 pub fn inline_io<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
