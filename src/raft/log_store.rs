@@ -331,6 +331,10 @@ pub struct LogStore {
 async fn run_writer(shared: Arc<Shared>, disk: Disk, mut queue: mpsc::Receiver<Job>) {
     let mut failed: Option<String> = None;
     while let Some(first) = queue.recv().await {
+        // The member runs on one thread and the write blocks it (`env::inline_io`): let the
+        // tasks already runnable go first, so the leader's sends to its followers leave before
+        // its fsync rather than after, and requests already read can join this write.
+        tokio::task::yield_now().await;
         let mut jobs = vec![first];
         while let Ok(job) = queue.try_recv() {
             jobs.push(job);
