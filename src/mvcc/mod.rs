@@ -44,7 +44,7 @@ mod writer;
 pub use hash::crc32c;
 pub use range::{RangeOptions, RangeResult, SortOrder, SortTarget};
 pub use view::{check_revision, compacted_revision, View, NEVER_COMPACTED};
-pub use writer::{Compacted, LeaseRecord, Writer};
+pub use writer::{rebuild_live_table, Compacted, LeaseRecord, Writer};
 
 pub use crate::storage::encoding::HistoryEvent;
 use crate::storage::StorageError;

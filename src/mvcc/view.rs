@@ -12,6 +12,9 @@ use crate::storage::{StorageError, KV, KV_INDEX, KV_REVISIONS, META_COMPACTED};
 type ByteTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 type IndexTable = redb::ReadOnlyTable<(&'static [u8], u64, u64), u8>;
 
+/// A visitor of `(encoded revision, encoded key-value)`; false stops the walk.
+type VisitWithRevision<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StorageError> + 'a;
+
 /// The three MVCC tables, readable.
 pub struct View<K, H, I> {
     pub(crate) kv: K,
@@ -110,9 +113,12 @@ where
 
     /// The live generation of `key`, if any.
     pub(crate) fn live(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        let Some(revision) = self.kv.get(key)? else {
+            return Ok(None);
+        };
         let mut found = None;
-        self.for_each_live(&KeyRange::new(key, Vec::new()), &mut |bytes| {
-            found = Some(super::decode(bytes)?);
+        self.visit_put(revision.value(), &mut |record| {
+            found = Some(super::decode(record)?);
             Ok(false)
         })?;
         Ok(found)
@@ -144,6 +150,16 @@ where
         at: i64,
         visit: &mut dyn FnMut(&[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
+        self.for_each_newest_put(range, at, &mut |_revision, record| visit(record))
+    }
+
+    /// [`Self::for_each_at`], with each key-value's encoded [`Revision`] (its history key).
+    pub(crate) fn for_each_newest_put(
+        &self,
+        range: &KeyRange,
+        at: i64,
+        visit: &mut VisitWithRevision<'_>,
+    ) -> Result<(), StorageError> {
         let at = at as u64;
         let iter = match range.span() {
             Span::Empty => return Ok(()),
@@ -164,7 +180,8 @@ where
             if tombstone {
                 return Ok(true);
             }
-            self.visit_put(&encoding::encode_revision(Revision { main, sub }), visit)
+            let revision = encoding::encode_revision(Revision { main, sub });
+            self.visit_put(&revision, &mut |record| visit(&revision, record))
         };
         for item in iter {
             let (key, entry) = item?;

@@ -325,3 +325,29 @@ impl<'txn> Writer<'txn> {
         self.view.hash_kv(at, self.compacted()?)
     }
 }
+
+/// Derives the live table (`kv`) from history (a snapshot install, an upgrade from format 1):
+/// each key whose newest change is a put is live at that put's revision, which must be in the
+/// history. Answers how many keys are live.
+pub fn rebuild_live_table(txn: &WriteTransaction) -> Result<u64, StorageError> {
+    let view = View {
+        kv: txn.open_table(KV)?,
+        history: txn.open_table(KV_REVISIONS)?,
+        index: txn.open_table(KV_INDEX)?,
+    };
+    let mut live = Vec::new();
+    view.for_each_newest_put(
+        &KeyRange::new(vec![0], vec![0]),
+        i64::MAX,
+        &mut |revision, record| {
+            live.push((decode(record)?.key, revision.to_vec()));
+            Ok(true)
+        },
+    )?;
+    let View { mut kv, .. } = view;
+    kv.retain(|_, _| false)?;
+    for (key, revision) in &live {
+        kv.insert(key.as_slice(), revision.as_slice())?;
+    }
+    Ok(live.len() as u64)
+}

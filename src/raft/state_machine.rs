@@ -325,7 +325,7 @@ fn install_data(
     }
     drop(index);
     // So is the live table; the snapshot's copy of it must agree.
-    let live = storage::rebuild_live_table(&txn).map_err(io_error)?;
+    let live = mvcc::rebuild_live_table(&txn).map_err(io_error)?;
     if live != data.kv.len() as u64 {
         return Err(io_error(format!(
             "corrupt snapshot: {} live keys, but its history has {live}",

@@ -127,58 +127,11 @@ pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
         }
         // Format 1, or a new database: its live table is derived again from history.
         None => {
-            rebuild_live_table(&txn)?;
+            crate::mvcc::rebuild_live_table(&txn)?;
             meta.insert(META_FORMAT, encoding::encode_u64(FORMAT).as_slice())?;
         }
     }
     drop(meta);
     txn.commit()?;
     Ok(())
-}
-
-/// Derives the live table (`kv`) from the history index: every key whose newest change is a
-/// put is live at that put's revision. Checks that each such put is in the history. Answers
-/// how many keys are live.
-pub fn rebuild_live_table(txn: &redb::WriteTransaction) -> Result<u64, StorageError> {
-    let index = txn.open_table(KV_INDEX)?;
-    let history = txn.open_table(KV_REVISIONS)?;
-    let mut live = txn.open_table(KV)?;
-    live.retain(|_, _| false)?;
-    let mut count = 0;
-    let mut insert = |newest: &Option<(Vec<u8>, u64, u64, bool)>| -> Result<(), StorageError> {
-        let Some((key, main, sub, false)) = newest else {
-            return Ok(());
-        };
-        let revision = encoding::encode_revision(crate::mvcc::Revision {
-            main: *main as i64,
-            sub: *sub as i64,
-        });
-        match history.get(revision.as_slice())? {
-            Some(event) if event.value().first() == Some(&b'P') => {}
-            _ => {
-                return Err(StorageError(format!(
-                    "history has no put at revision {main} that its index names"
-                )))
-            }
-        }
-        live.insert(key.as_slice(), revision.as_slice())?;
-        count += 1;
-        Ok(())
-    };
-    // Index rows come sorted by (key, main, sub): a key's last row is its newest change.
-    let mut newest: Option<(Vec<u8>, u64, u64, bool)> = None;
-    for item in index.iter()? {
-        let (row, tombstone) = item?;
-        let (key, main, sub) = row.value();
-        let tombstone = tombstone.value() == 1;
-        match &mut newest {
-            Some(same) if same.0 == key => (same.1, same.2, same.3) = (main, sub, tombstone),
-            _ => {
-                insert(&newest)?;
-                newest = Some((key.to_vec(), main, sub, tombstone));
-            }
-        }
-    }
-    insert(&newest)?;
-    Ok(count)
 }
