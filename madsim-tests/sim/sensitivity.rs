@@ -25,7 +25,9 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
     match bug {
         Bug::AckBeforeDurable => vec![CHAOS],
         Bug::VoteNotDurable => vec![CHAOS],
-        Bug::StaleFollowerRead | Bug::FollowerReadBeforeApplied => vec![CHAOS],
+        Bug::StaleFollowerRead | Bug::FollowerReadBeforeApplied | Bug::ReadBeforeCommitted => {
+            vec![CHAOS]
+        }
         Bug::LeaderRestore => vec![
             CHAOS,
             ("leader_crash_after_ack", || {

@@ -49,10 +49,14 @@ pub enum Bug {
     /// machine without waiting to have applied that far: it misses writes the leader had
     /// acknowledged before the read began.
     FollowerReadBeforeApplied,
+    /// A linearizable read waits for openraft's `last_applied`, which counts the entries handed
+    /// to the state machine's applier, not the ones it has committed: the read misses writes
+    /// that were acknowledged (by whichever member applied them first) before it began.
+    ReadBeforeCommitted,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -65,6 +69,7 @@ impl Bug {
         Bug::CorruptWalTakenForTorn,
         Bug::CatchUpWaitsForWrites,
         Bug::FollowerReadBeforeApplied,
+        Bug::ReadBeforeCommitted,
     ];
 
     #[cfg(madsim)]

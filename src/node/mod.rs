@@ -186,7 +186,7 @@ impl Node {
             term: metrics.current_term,
             leader: metrics.current_leader.unwrap_or(0),
             last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            applied_index: self.state_machine.hub.applied().index,
         }
     }
 
@@ -323,16 +323,42 @@ impl Node {
         self.await_applied(index, deadline).await
     }
 
-    /// Returns once this member's state machine has applied log index `index` (a leader's read
-    /// index), or times out at `deadline`.
+    /// Returns once this member's state machine has applied and committed log index `index`
+    /// (a leader's read index), or times out at `deadline`. It waits on the state machine's own
+    /// announcement, not on openraft's `last_applied`: that one counts entries handed to the
+    /// applier, which a read could not see yet.
     pub async fn await_applied(
         &self,
         index: u64,
         deadline: crate::env::clock::Instant,
     ) -> Result<(), NodeError> {
-        if self.raft_status().applied_index >= index {
-            return Ok(());
+        if crate::env::bugs::enabled(crate::env::bugs::Bug::ReadBeforeCommitted) {
+            return self.await_raft_applied(index, deadline).await;
         }
+        let mut applied = self.state_machine.hub.subscribe();
+        let wait = async {
+            loop {
+                if applied.borrow_and_update().index >= index {
+                    return Ok(());
+                }
+                if applied.changed().await.is_err() {
+                    return Err(NodeError::Stopped("the state machine stopped".to_string()));
+                }
+            }
+        };
+        let remaining = deadline.since(self.clock.now());
+        self.clock
+            .timeout(remaining, wait)
+            .await
+            .unwrap_or(Err(NodeError::Timeout))
+    }
+
+    /// `await_applied` on openraft's `last_applied`: the bug `ReadBeforeCommitted`.
+    async fn await_raft_applied(
+        &self,
+        index: u64,
+        deadline: crate::env::clock::Instant,
+    ) -> Result<(), NodeError> {
         let remaining = deadline.since(self.clock.now());
         let wait = self.raft.wait(None);
         match self

@@ -14,11 +14,14 @@ use std::sync::{Arc, Mutex};
 use crate::env::watch;
 use crate::mvcc::Change;
 
-/// What the state machine has applied: its revision and the last compaction.
+/// What the state machine has applied and committed: its revision, the last compaction, and
+/// the log index of the last entry applied. Reads wait on this index, never on openraft's
+/// `last_applied`, which runs ahead while the applier commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub revision: i64,
     pub compacted: i64,
+    pub index: u64,
 }
 
 /// The changes of one main revision, in `sub` order.
@@ -193,6 +196,7 @@ mod tests {
         Applied {
             revision,
             compacted: -1,
+            index: revision as u64,
         }
     }
 
