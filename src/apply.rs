@@ -85,15 +85,27 @@ pub fn apply(
     changes: &mut Vec<mvcc::Change>,
 ) -> Result<CommandResponse, StorageError> {
     let mut writer = Writer::new(txn, current_revision)?;
+    apply_on(&mut writer, current_revision, command, changes)
+}
+
+/// [`apply`] with a writer opened once for a whole batch of commands in one transaction:
+/// opening its six tables for every command was a tenth of the apply's time.
+pub fn apply_on(
+    writer: &mut Writer,
+    current_revision: i64,
+    command: &Command,
+    changes: &mut Vec<mvcc::Change>,
+) -> Result<CommandResponse, StorageError> {
+    writer.begin(current_revision);
     let result = match &command.op {
-        Some(command::Op::Put(put)) => match check_put(&writer, put)? {
+        Some(command::Op::Put(put)) => match check_put(writer, put)? {
             Some(error) => CommandResult::Rejected(error),
-            None => CommandResult::Put(do_put(&mut writer, put)?),
+            None => CommandResult::Put(do_put(writer, put)?),
         },
         Some(command::Op::DeleteRange(delete)) => {
-            CommandResult::DeleteRange(do_delete(&mut writer, delete)?)
+            CommandResult::DeleteRange(do_delete(writer, delete)?)
         }
-        Some(command::Op::Txn(request)) => match run_txn(&mut writer, request)? {
+        Some(command::Op::Txn(request)) => match run_txn(writer, request)? {
             Ok(response) => CommandResult::Txn(response),
             Err(error) => CommandResult::Rejected(error),
         },
@@ -144,7 +156,7 @@ pub fn apply(
         None => CommandResult::None,
     };
     let revision = writer.revision();
-    changes.extend(writer.into_changes());
+    changes.append(&mut writer.take_changes());
     Ok(CommandResponse { revision, result })
 }
 

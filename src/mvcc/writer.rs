@@ -58,6 +58,18 @@ impl<'txn> Writer<'txn> {
         })
     }
 
+    /// Starts the next request of the same transaction, after `current_revision`.
+    pub fn begin(&mut self, current_revision: i64) {
+        self.main = current_revision + 1;
+        self.next_sub = 0;
+        self.changes.clear();
+    }
+
+    /// The changes of the request so far, taken (the writer may go on with the next one).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
     /// The revision before this request.
     pub fn begin_revision(&self) -> i64 {
         self.main - 1
@@ -70,11 +82,6 @@ impl<'txn> Writer<'txn> {
         } else {
             self.main - 1
         }
-    }
-
-    /// The changes this request made, in order (what watchers are sent).
-    pub fn into_changes(self) -> Vec<Change> {
-        self.changes
     }
 
     /// Whether this request has changed anything yet.

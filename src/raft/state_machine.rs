@@ -556,6 +556,8 @@ impl Applier {
             let mut responses = Vec::with_capacity(batch.len());
             let mut changes = Vec::new();
             let mut lease_events = Vec::new();
+            // Opened at the batch's first command and kept for the rest of it.
+            let mut writer: Option<mvcc::Writer> = None;
             for (entry, _) in &batch {
                 let response = match &entry.payload {
                     EntryPayload::Normal(command)
@@ -568,7 +570,13 @@ impl Applier {
                         }
                     }
                     EntryPayload::Normal(command) => {
-                        let response = apply::apply(&txn, revision, command, &mut changes)
+                        let writer = match &mut writer {
+                            Some(writer) => writer,
+                            None => {
+                                writer.insert(mvcc::Writer::new(&txn, revision).map_err(io_error)?)
+                            }
+                        };
+                        let response = apply::apply_on(writer, revision, command, &mut changes)
                             .map_err(io_error)?;
                         assert!(response.revision >= revision, "revision went back");
                         revision = response.revision;
@@ -601,6 +609,7 @@ impl Applier {
                 });
                 responses.push(response);
             }
+            drop(writer);
             write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
             let compacted = {
                 let meta = txn.open_table(SM_META).map_err(io_error)?;
