@@ -180,12 +180,11 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         let addr = *addr;
         servers.push(tokio::spawn(async move {
-            router
-                .serve_with_shutdown(addr, async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-                .map_err(|e| ServerError::Transport(format!("client listener {addr}: {e}")))
+            crate::env::net::serve(router, addr, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .map_err(|e| ServerError::Transport(format!("client listener {addr}: {e}")))
         }));
     }
     for addr in &listeners.peers {
@@ -203,12 +202,11 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         let addr = *addr;
         servers.push(tokio::spawn(async move {
-            router
-                .serve_with_shutdown(addr, async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-                .map_err(|e| ServerError::Transport(format!("peer listener {addr}: {e}")))
+            crate::env::net::serve(router, addr, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .map_err(|e| ServerError::Transport(format!("peer listener {addr}: {e}")))
         }));
     }
     let compactor = tokio::spawn(crate::node::compactor::run(

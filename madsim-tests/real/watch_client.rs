@@ -364,3 +364,70 @@ fn a_progress_answer_waits_for_a_catching_up_watch() {
         }
     });
 }
+
+/// The client listener hands h2 many small frames at once and lets it coalesce them into one
+/// write per connection (`src/env/net.rs`): 40 watch streams on each of two connections, and
+/// every put's events become ready together. Each watcher must get every event, in order, whole,
+/// with values on both sides of h2's 1 KiB copy threshold (copied into its write buffer below
+/// it, written apart from it above).
+#[test]
+fn many_watch_streams_on_few_connections_get_every_event_whole() {
+    const STREAMS_PER_CONNECTION: usize = 40;
+    const PUTS: usize = 150;
+    let sizes = [10usize, 300, 700, 1000, 1100, 3000];
+    let dir = TempDir::new("coalesced-watchers");
+    let detcd = Process::detcd_single(&dir, "detcd");
+    let endpoint = detcd.client_endpoint.clone();
+    block_on(async move {
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let mut client = Client::connect([endpoint.as_str()], None)
+                .await
+                .expect("connect");
+            for _ in 0..STREAMS_PER_CONNECTION {
+                let options = WatchOptions::new().with_prefix();
+                let mut stream = client.watch("c/", Some(options)).await.expect("watch");
+                assert!(stream.message().await.expect("created").is_some());
+                readers.push(tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while seen.len() < PUTS {
+                        let response =
+                            tokio::time::timeout(Duration::from_secs(30), stream.message())
+                                .await
+                                .expect("every event arrives")
+                                .expect("message")
+                                .expect("stream open");
+                        for event in response.events() {
+                            let kv = event.kv().expect("kv");
+                            seen.push((kv.mod_revision(), kv.key().to_vec(), kv.value().to_vec()));
+                        }
+                    }
+                    seen
+                }));
+            }
+        }
+        let mut writer = Client::connect([endpoint.as_str()], None)
+            .await
+            .expect("connect");
+        let mut expected = Vec::new();
+        for i in 0..PUTS {
+            let key = format!("c/{i:03}").into_bytes();
+            let value = vec![b'a' + (i % 26) as u8; sizes[i % sizes.len()]];
+            let put = writer
+                .put(key.clone(), value.clone(), None)
+                .await
+                .expect("put");
+            let revision = put.header().expect("header").revision();
+            expected.push((revision, key, value));
+        }
+        for reader in readers {
+            let seen = reader.await.expect("reader");
+            assert!(
+                seen == expected,
+                "a watcher saw {} events, not the {} puts in order and whole",
+                seen.len(),
+                expected.len()
+            );
+        }
+    });
+}

@@ -11,6 +11,7 @@
 pub mod bugs;
 pub mod clock;
 pub mod disk;
+pub mod net;
 pub mod probe;
 pub mod rng;
 pub mod runtime;

@@ -1,0 +1,102 @@
+//! How a member's tonic router is served on a listener address.
+//!
+//! Real mode accepts through tonic's own `TcpIncoming` (with `TCP_NODELAY`, as tonic's
+//! `serve_with_shutdown` does) and hands tonic each connection wrapped in [`Coalescing`], which
+//! tells h2 that the socket has no vectored writes. h2 decides from that how it writes a DATA
+//! frame: on a socket with vectored writes it keeps every payload of 256 bytes or more out of its
+//! 16 KiB write buffer and writes the frame on its own (one `writev` each); otherwise it copies
+//! payloads under 1 KiB into the buffer, so the frames of every stream that became ready
+//! together leave the connection in one write. A put seen by 100 watchers on 16 connections was
+//! 100 `writev` calls (one per event of ~330 bytes) and is now one per connection. The price:
+//! a frame of 1 KiB or more goes out in two writes (head, then payload) instead of one.
+//!
+//! Under `--cfg madsim`, tonic's simulated server binds the address itself (no h2 there).
+
+use crate::env::SocketAddr;
+
+/// Serves `router` on `addr` until `signal` resolves; an error says why it could not.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    addr: SocketAddr,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    #[cfg(not(madsim))]
+    {
+        use futures::TryStreamExt;
+        use tonic::transport::server::TcpIncoming;
+
+        let incoming = TcpIncoming::bind(addr)
+            .map_err(|e| format!("bind: {e}"))?
+            .with_nodelay(Some(true))
+            .map_ok(real::Coalescing);
+        router
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(madsim)]
+    {
+        router
+            .serve_with_shutdown(addr, signal)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(not(madsim))]
+pub use real::Coalescing;
+
+#[cfg(not(madsim))]
+mod real {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::TcpStream;
+    use tonic::transport::server::{Connected, TcpConnectInfo};
+
+    /// An accepted connection that reports no vectored writes, so that h2 buffers small
+    /// frames of many streams into one write (module docs). Everything else is the socket's.
+    pub struct Coalescing(pub TcpStream);
+
+    impl AsyncRead for Coalescing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Coalescing {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            false
+        }
+    }
+
+    impl Connected for Coalescing {
+        type ConnectInfo = TcpConnectInfo;
+
+        fn connect_info(&self) -> Self::ConnectInfo {
+            self.0.connect_info()
+        }
+    }
+}
