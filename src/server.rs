@@ -88,6 +88,22 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
         .collect()
 }
 
+/// Serves `router` on `addr` (the `kind` listener: client or peer) until `stop` turns true.
+fn spawn_listener(
+    kind: &'static str,
+    router: tonic::transport::server::Router,
+    addr: SocketAddr,
+    mut stop: crate::env::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), ServerError>> {
+    tokio::spawn(async move {
+        crate::env::net::serve(router, addr, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .map_err(|e| ServerError::Transport(format!("{kind} listener {addr}: {e}")))
+    })
+}
+
 /// Runs one member until `shutdown` resolves. `on_ready` is called once it listens.
 pub async fn run(
     config: Config,
@@ -177,15 +193,7 @@ pub async fn run(
             )))
             .add_service(ClusterServer::new(NotYetImplemented))
             .add_service(AuthServer::new(NotYetImplemented));
-        let mut stop = stop_rx.clone();
-        let addr = *addr;
-        servers.push(tokio::spawn(async move {
-            crate::env::net::serve(router, addr, async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await
-            .map_err(|e| ServerError::Transport(format!("client listener {addr}: {e}")))
-        }));
+        servers.push(spawn_listener("client", router, *addr, stop_rx.clone()));
     }
     for addr in &listeners.peers {
         let router = Server::builder()
@@ -199,15 +207,7 @@ pub async fn run(
                 node.clone(),
                 forwarder.clone(),
             )));
-        let mut stop = stop_rx.clone();
-        let addr = *addr;
-        servers.push(tokio::spawn(async move {
-            crate::env::net::serve(router, addr, async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await
-            .map_err(|e| ServerError::Transport(format!("peer listener {addr}: {e}")))
-        }));
+        servers.push(spawn_listener("peer", router, *addr, stop_rx.clone()));
     }
     let compactor = tokio::spawn(crate::node::compactor::run(
         node.clone(),

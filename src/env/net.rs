@@ -44,9 +44,6 @@ pub async fn serve(
 }
 
 #[cfg(not(madsim))]
-pub use real::Coalescing;
-
-#[cfg(not(madsim))]
 mod real {
     use std::io;
     use std::pin::Pin;
