@@ -24,6 +24,12 @@ const CHAOS: Scenario = ("chaos", || Box::pin(chaos::chaos()));
 fn catchers(bug: Bug) -> Vec<Scenario> {
     match bug {
         Bug::AckBeforeDurable => vec![CHAOS],
+        Bug::AckOnSend => vec![
+            ("leader_partitioned", || {
+                Box::pin(scenarios::leader_partitioned())
+            }),
+            CHAOS,
+        ],
         Bug::VoteNotDurable => vec![CHAOS],
         Bug::StaleFollowerRead | Bug::FollowerReadBeforeApplied | Bug::ReadBeforeCommitted => {
             vec![CHAOS]

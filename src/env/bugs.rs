@@ -53,10 +53,15 @@ pub enum Bug {
     /// to the state machine's applier, not the ones it has committed: the read misses writes
     /// that were acknowledged (by whichever member applied them first) before it began.
     ReadBeforeCommitted,
+    /// The leader's replication stream reports each AppendEntries as accepted when it is sent,
+    /// not when the follower answers (pipelining mistaken for acknowledgement): the leader
+    /// counts followers that have not got, or not fsynced, the entries in its majority, and an
+    /// old leader cut off by a partition commits alone.
+    AckOnSend,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -70,6 +75,7 @@ impl Bug {
         Bug::CatchUpWaitsForWrites,
         Bug::FollowerReadBeforeApplied,
         Bug::ReadBeforeCommitted,
+        Bug::AckOnSend,
     ];
 
     #[cfg(madsim)]

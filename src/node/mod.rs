@@ -152,7 +152,9 @@ impl Node {
         let raft = DetcdRaft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory,
+            NetworkFactory {
+                clock: clock.clone(),
+            },
             log_store,
             state_machine.clone(),
         )

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
+    VoteRequest, VoteResponse,
+};
 use openraft::EntryPayload;
 
 use super::{
@@ -235,6 +238,36 @@ pub fn append_response_from_pb(
     })
 }
 
+pub fn stream_append_result_to_pb(
+    result: &StreamAppendResult<TypeConfig>,
+) -> pb::StreamAppendResponse {
+    use pb::stream_append_response::Result as Kind;
+    let result = match result {
+        Ok(matching) => Kind::Matching(pb::Matching {
+            log_id: matching.as_ref().map(log_id_to_pb),
+        }),
+        Err(StreamAppendError::Conflict(log_id)) => Kind::Conflict(log_id_to_pb(log_id)),
+        Err(StreamAppendError::HigherVote(vote)) => Kind::HigherVote(vote_to_pb(vote)),
+    };
+    pb::StreamAppendResponse {
+        result: Some(result),
+    }
+}
+
+pub fn stream_append_result_from_pb(
+    response: &pb::StreamAppendResponse,
+) -> Result<StreamAppendResult<TypeConfig>, DecodeError> {
+    use pb::stream_append_response::Result as Kind;
+    Ok(match &response.result {
+        Some(Kind::Matching(matching)) => Ok(opt_log_id_from_pb(&matching.log_id)),
+        Some(Kind::Conflict(log_id)) => Err(StreamAppendError::Conflict(log_id_from_pb(log_id))),
+        Some(Kind::HigherVote(vote)) => {
+            Err(StreamAppendError::HigherVote(vote_from_pb(&Some(*vote))?))
+        }
+        None => return Err(DecodeError("stream append result missing".into())),
+    })
+}
+
 pub fn vote_request_to_pb(request: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
     pb::VoteRequest {
         vote: Some(vote_to_pb(&request.vote)),
@@ -332,6 +365,22 @@ mod tests {
         for vote in [Vote::new(5, 2), Vote::new_committed(6, 3), Vote::new(0, 0)] {
             assert_eq!(vote_from_pb(&Some(vote_to_pb(&vote))).unwrap(), vote);
         }
+    }
+
+    #[test]
+    fn stream_append_results_round_trip_through_bytes() {
+        let results: [StreamAppendResult<TypeConfig>; 4] = [
+            Ok(None),
+            Ok(Some(LogId::new_term_index(4, 9))),
+            Err(StreamAppendError::Conflict(LogId::new_term_index(2, 3))),
+            Err(StreamAppendError::HigherVote(Vote::new_committed(7, 1))),
+        ];
+        for result in results {
+            let bytes = stream_append_result_to_pb(&result).encode_to_vec();
+            let decoded = pb::StreamAppendResponse::decode(bytes.as_slice()).unwrap();
+            assert_eq!(stream_append_result_from_pb(&decoded).unwrap(), result);
+        }
+        assert!(stream_append_result_from_pb(&pb::StreamAppendResponse::default()).is_err());
     }
 
     #[test]

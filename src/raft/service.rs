@@ -1,7 +1,11 @@
 //! The server side of Raft between members: the `detcd.raft.Raft` gRPC service, which decodes
 //! each RPC and hands it to the local openraft instance.
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use openraft::error::RaftError;
 
@@ -10,6 +14,10 @@ use super::{DetcdRaft, Snapshot};
 use crate::env::Duration;
 use crate::pb::raft as pb;
 use crate::pb::raft::raft_server::Raft;
+
+/// The results of one replication stream, as tonic sends them.
+type StreamAppendResults =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::StreamAppendResponse, Status>> + Send>>;
 
 pub struct RaftService {
     raft: DetcdRaft,
@@ -36,6 +44,42 @@ fn invalid(error: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
+    type StreamAppendStream = StreamAppendResults;
+
+    /// A leader's replication stream: each request goes to openraft as it arrives (it does not
+    /// wait for the previous one's answer) and the results come back in request order. The
+    /// stream ends after a conflict or a higher vote, when the leader closes its side, or with
+    /// an error status after a request that does not decode or when Raft has stopped.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let undecodable: Arc<Mutex<Option<Status>>> = Arc::default();
+        let input = futures::stream::unfold(
+            (request.into_inner(), undecodable.clone()),
+            |(mut inbound, undecodable)| async move {
+                // A transport error ends the input like the leader closing it: the leader sees
+                // the stream end and opens another.
+                let message = inbound.message().await.ok().flatten()?;
+                match codec::append_request_from_pb(message) {
+                    Ok(request) => Some((request, (inbound, undecodable))),
+                    Err(error) => {
+                        *undecodable.lock().expect("not poisoned") = Some(invalid(error));
+                        None
+                    }
+                }
+            },
+        );
+        let results = self.raft.stream_append(input).map(|result| match result {
+            Ok(result) => Ok(codec::stream_append_result_to_pb(&result)),
+            Err(fatal) => Err(unavailable(fatal)),
+        });
+        let undecodable =
+            futures::stream::once(async move { undecodable.lock().expect("not poisoned").take() })
+                .filter_map(|status| async move { status.map(Err) });
+        Ok(Response::new(Box::pin(results.chain(undecodable))))
+    }
+
     async fn append_entries(
         &self,
         request: Request<pb::AppendEntriesRequest>,
