@@ -226,8 +226,9 @@ fn a_killed_provider_loses_its_key_within_the_bound() {
     });
 }
 
-/// Through a follower of a 3-member cluster: grant, attach, keep alive, time-to-live and revoke
-/// all work, forwarded to the leader, and are answered in the follower's name.
+/// Through a follower of a 3-member cluster: grant, attach, keep alive (several on one stream,
+/// and after the revoke), time-to-live and revoke all work, forwarded to the leader, and are
+/// answered in the follower's name.
 #[test]
 fn leases_work_through_a_follower() {
     let dir = TempDir::new("lease-cluster");
@@ -258,6 +259,12 @@ fn leases_work_through_a_follower() {
         let renewed = stream.message().await.expect("answer").expect("open");
         assert_eq!((renewed.id(), renewed.ttl()), (lease, 60));
         assert_eq!(renewed.header().expect("header").member_id(), follower_id);
+        // More on the same stream: the follower forwards them on one stream of its own.
+        for _ in 0..3 {
+            keeper.keep_alive().await.expect("send");
+            let renewed = stream.message().await.expect("answer").expect("open");
+            assert_eq!((renewed.id(), renewed.ttl()), (lease, 60));
+        }
         let options = Some(LeaseTimeToLiveOptions::new().with_keys());
         let ttl = client
             .lease_time_to_live(lease, options)
@@ -269,6 +276,12 @@ fn leases_work_through_a_follower() {
         );
         assert!((58..=60).contains(&ttl.ttl()), "ttl {}", ttl.ttl());
         client.lease_revoke(lease).await.expect("revoke");
+        // A revoked lease's keep-alives answer TTL 0 and the stream goes on, as etcd's.
+        for _ in 0..2 {
+            keeper.keep_alive().await.expect("send");
+            let gone = stream.message().await.expect("answer").expect("open");
+            assert_eq!((gone.id(), gone.ttl()), (lease, 0));
+        }
         for endpoint in &endpoints {
             let mut member = Client::connect([endpoint.as_str()], None)
                 .await

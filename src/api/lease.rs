@@ -90,11 +90,18 @@ impl LeaseService {
     /// quorum within an election timeout), and only once its lessor has taken over this term's
     /// leases; until then, or while a checkpoint reset is in flight, the keep-alive waits (at
     /// most a request timeout, then `etcdserver: no leader`).
-    async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    ///
+    /// A follower forwards on `forwarded`, the client stream's own stream to the leader, opened
+    /// on its first forwarded keep-alive and kept while the same member leads.
+    async fn keep_alive(
+        &self,
+        id: i64,
+        forwarded: &mut Option<ForwardedKeepAlives>,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
         let deadline = self.node.clock.monotonic().plus(REQUEST_TIMEOUT);
         loop {
             let renewal = match self.leader_elsewhere() {
-                Ok(Some(leader)) => return self.forward_keep_alive(&leader, id).await,
+                Ok(Some(leader)) => return self.forward_keep_alive(leader, id, forwarded).await,
                 Ok(None) => self.renew_as_leader(id).await?,
                 // No leader known (an election): wait for one.
                 Err(_) => None,
@@ -142,23 +149,81 @@ impl LeaseService {
         Ok((renewal != Renewal::NotLeading).then_some(renewal))
     }
 
+    /// Forwards one keep-alive to `leader` on the client stream's forwarded stream, opening it
+    /// first if there is none to this leader. Any failure, or no answer within the request
+    /// timeout, closes it (the next keep-alive opens another) and ends the client's stream
+    /// with the error, as a keep-alive the leader cannot answer does.
     async fn forward_keep_alive(
         &self,
-        leader: &MemberNode,
+        leader: MemberNode,
         id: i64,
+        forwarded: &mut Option<ForwardedKeepAlives>,
     ) -> Result<LeaseKeepAliveResponse, Status> {
-        let mut client = self.forwarder.lease(leader)?;
-        let request = LeaseKeepAliveRequest { id };
-        let mut stream = client
-            .lease_keep_alive(forward::mark(futures::stream::iter([request])))
+        if forwarded.as_ref().is_some_and(|f| f.leader != leader) {
+            *forwarded = None;
+        }
+        let stream = match forwarded {
+            Some(stream) => stream,
+            None => forwarded.insert(self.open_forwarded(leader).await?),
+        };
+        let answer = self
+            .node
+            .clock
+            .timeout(REQUEST_TIMEOUT, stream.renew(id))
+            .await;
+        match answer {
+            Ok(Ok(mut response)) => {
+                as_this_member(&mut response.header, self.node.id);
+                Ok(response)
+            }
+            Ok(Err(status)) => {
+                *forwarded = None;
+                Err(status)
+            }
+            Err(_elapsed) => {
+                *forwarded = None;
+                Err(ApiError::Timeout.into())
+            }
+        }
+    }
+
+    async fn open_forwarded(&self, leader: MemberNode) -> Result<ForwardedKeepAlives, Status> {
+        let mut client = self.forwarder.lease(&leader)?;
+        let (requests, outgoing) = mpsc::channel(1);
+        let outgoing = futures::stream::unfold(outgoing, |mut outgoing| async move {
+            outgoing.recv().await.map(|request| (request, outgoing))
+        });
+        let responses = client
+            .lease_keep_alive(forward::mark(outgoing))
             .await?
             .into_inner();
-        let mut response = stream
+        Ok(ForwardedKeepAlives {
+            leader,
+            requests,
+            responses,
+        })
+    }
+}
+
+/// A follower's stream of one client's keep-alives to the leader: one message each way per
+/// keep-alive instead of a stream opened for each (the leader answers a stream's keep-alives in
+/// order, one at a time).
+pub struct ForwardedKeepAlives {
+    leader: MemberNode,
+    requests: mpsc::Sender<LeaseKeepAliveRequest>,
+    responses: Streaming<LeaseKeepAliveResponse>,
+}
+
+impl ForwardedKeepAlives {
+    async fn renew(&mut self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        self.requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| Status::from(ApiError::NoLeader))?;
+        self.responses
             .message()
             .await?
-            .ok_or_else(|| Status::from(ApiError::NoLeader))?;
-        as_this_member(&mut response.header, self.node.id);
-        Ok(response)
+            .ok_or_else(|| Status::from(ApiError::NoLeader))
     }
 }
 
@@ -250,8 +315,9 @@ impl Lease for LeaseService {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         tokio::spawn(async move {
+            let mut forwarded = None;
             while let Ok(Some(request)) = requests.message().await {
-                let answer = service.keep_alive(request.id).await;
+                let answer = service.keep_alive(request.id, &mut forwarded).await;
                 let failed = answer.is_err();
                 if sender.send(answer).await.is_err() || failed {
                     return;
