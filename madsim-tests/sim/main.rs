@@ -190,6 +190,14 @@ fn leader_partitioned() {
 }
 
 #[test]
+fn unanswered_follower_catches_up() {
+    sweep(
+        "unanswered_follower_catches_up",
+        scenarios::unanswered_follower_catches_up,
+    );
+}
+
+#[test]
 fn crash_recovery() {
     sweep("crash_recovery", scenarios::crash_recovery);
 }

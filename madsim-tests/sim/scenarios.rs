@@ -149,6 +149,44 @@ pub async fn leader_partitioned() -> u64 {
     cluster.trace_hash()
 }
 
+/// A follower whose answers are held for 20 s (its outgoing links clogged: it still hears the
+/// leader, so it never campaigns) has every write 2 s after the heal. The leader's replication
+/// stream to it fills its window with requests nobody answers; over real TCP such a stream can
+/// hang for minutes, and the simulator's connections hold what a clogged link carries and retry
+/// it with a backoff that grows to 10 s. The leader must drop a stream whose oldest request went
+/// unanswered for the TTL and open another, not wait on the old one.
+pub async fn unanswered_follower_catches_up() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let follower = (leader + 1) % 3;
+    let mut acked = write_all(&mut cluster, &ALL, "before", 6).await;
+    wait_converged(&cluster, follower, &acked).await;
+    for other in others(follower) {
+        cluster.clog_one_way(follower, other);
+    }
+    let majority = others(follower);
+    for round in 0..4 {
+        let prefix = format!("held{round}-");
+        acked.extend(write_all(&mut cluster, &majority, &prefix, 3).await);
+        madsim::time::sleep(Duration::from_secs(5)).await;
+    }
+    cluster.heal();
+    cluster
+        .wait_until(
+            "the follower has every write 2 s after the heal",
+            Duration::from_secs(2),
+            || async { cluster.dump(follower).await.is_ok_and(|data| data == acked) },
+        )
+        .await;
+    assert_eq!(
+        cluster.agreed_leader(&ALL).await,
+        Some(leader),
+        "the follower never campaigned"
+    );
+    crate::check::state::check(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
 /// Power loss: one member crashes while writes go on and restarts to catch up; then every member
 /// crashes at once. Each crash drops, keeps a prefix of, or tears unsynced writes. Every
 /// acknowledged write is still there afterwards (it was fsynced on a majority before the ack).

@@ -58,10 +58,14 @@ pub enum Bug {
     /// counts followers that have not got, or not fsynced, the entries in its majority, and an
     /// old leader cut off by a partition commits alone.
     AckOnSend,
+    /// The leader's replication stream waits on its oldest unanswered request however long it
+    /// takes: a stream to a follower behind a partition hangs (over TCP for minutes), and the
+    /// follower gets nothing new until the old stream's backlog drains.
+    StalledStreamKept,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -76,6 +80,7 @@ impl Bug {
         Bug::FollowerReadBeforeApplied,
         Bug::ReadBeforeCommitted,
         Bug::AckOnSend,
+        Bug::StalledStreamKept,
     ];
 
     #[cfg(madsim)]

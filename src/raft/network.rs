@@ -191,7 +191,7 @@ impl Replication<'_> {
                 }
                 () = self.request_sent.notified(), if ack_on_send => {}
                 () = self.peer.clock.sleep(wait) => {
-                    if oldest.is_some() {
+                    if oldest.is_some() && !bugs::enabled(Bug::StalledStreamKept) {
                         self.peer.client = None;
                         return Some(Err(unreachable(format!(
                             "member {:x}: replication stream unanswered for {:?}",
