@@ -202,6 +202,17 @@ impl Process {
         }
     }
 
+    /// SIGSTOP (`stop: true`) or SIGCONT, by PID: the process freezes, its sockets stay open.
+    pub fn freeze(&mut self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     /// Starts the process again with the same flags and data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running process");

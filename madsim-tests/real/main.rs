@@ -149,6 +149,56 @@ fn three_members_survive_losing_the_leader() {
     );
 }
 
+/// A follower frozen (SIGSTOP) while the others go on writing answers nothing and keeps its
+/// sockets open; once it thaws (SIGCONT) it has every write within 10 s, over the real
+/// replication streams. (Loopback TCP buffers what the leader sent it meanwhile, so this passes
+/// without the streams' stall check too; that check is the simulation's
+/// `unanswered_follower_catches_up`.)
+#[test]
+fn a_frozen_follower_gets_every_write_after_it_thaws() {
+    let dir = TempDir::new("freeze");
+    let mut members = Process::detcd_cluster(&dir, 3);
+    let all: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
+    let leader = harness::wait_for_leader(&all);
+    let follower = (leader + 1) % 3;
+    let put = |i: usize| vec!["put".to_string(), format!("f{i:02}"), format!("v{i}")];
+    let serializable = ["get", "--prefix", "f", "--keys-only", "--consistency=s"].map(String::from);
+    assert_eq!(etcdctl(&all[leader], &put(0)), "OK\nexit 0\n");
+    wait_until(
+        "the follower has the first write",
+        Duration::from_secs(5),
+        || etcdctl(&all[follower], &serializable).contains("f00"),
+    );
+
+    members[follower].freeze(true);
+    let others: Vec<usize> = (0..3).filter(|m| *m != follower).collect();
+    for i in 1..=20 {
+        let through = &all[others[i % 2]];
+        let mut last = String::new();
+        wait_until(
+            "a write without the frozen follower",
+            Duration::from_secs(20),
+            || {
+                last = etcdctl(through, &put(i));
+                last == "OK\nexit 0\n"
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    members[follower].freeze(false);
+
+    let expected = etcdctl(&all[others[0]], &serializable);
+    assert!(
+        expected.contains("f20"),
+        "the majority has every write: {expected}"
+    );
+    wait_until(
+        "the thawed follower has every write",
+        Duration::from_secs(10),
+        || etcdctl(&all[follower], &serializable) == expected,
+    );
+}
+
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
     let dir = TempDir::new("kill9");
