@@ -208,7 +208,7 @@ impl LeaseService {
 /// A follower's stream of one client's keep-alives to the leader: one message each way per
 /// keep-alive instead of a stream opened for each (the leader answers a stream's keep-alives in
 /// order, one at a time).
-pub struct ForwardedKeepAlives {
+struct ForwardedKeepAlives {
     leader: MemberNode,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: Streaming<LeaseKeepAliveResponse>,

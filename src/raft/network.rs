@@ -9,7 +9,9 @@
 //! the previous answer, and each is one message on an open HTTP/2 stream instead of a call of
 //! its own. The same deadline holds there: the oldest unanswered request must be answered
 //! within the TTL, or the stream is dropped as unreachable and openraft opens another.
-//! Heartbeats stay unary calls.
+//! openraft's heartbeats come through `stream_append` too, a stream of one request each; the
+//! unary `append_entries` below is what the trait requires, and openraft no longer calls it (the
+//! peer service still answers the unary RPC, for a member of an older build).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -237,7 +239,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                             at: clock.monotonic(),
                             last,
                         });
-                        request_sent.notify_one();
+                        if bugs::enabled(Bug::AckOnSend) {
+                            request_sent.notify_one();
+                        }
                         let request = codec::append_request_to_pb(&request);
                         Some((request, (input, window, sent, request_sent)))
                     }
