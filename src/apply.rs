@@ -13,7 +13,7 @@
 //! Architecture Invariant: apply is deterministic. The same entries on the same state give the
 //! same state and responses on every member, in simulation and for real.
 
-use redb::{ReadTransaction, WriteTransaction};
+use redb::WriteTransaction;
 
 use crate::mvcc::{self, KeyRange, KeyValue, MvccError, RangeOptions, RangeResult, View, Writer};
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -77,15 +77,18 @@ fn refused(error: MvccError) -> Result<ApplyError, StorageError> {
 }
 
 /// Applies one client command on top of `current_revision`, appending what it changed to
-/// `changes` (for watchers).
+/// `changes` (for watchers). What it answers besides the response is for `index` once `txn`
+/// has committed.
 pub fn apply(
     txn: &WriteTransaction,
+    index: &mvcc::Index,
     current_revision: i64,
     command: &Command,
     changes: &mut Vec<mvcc::Change>,
-) -> Result<CommandResponse, StorageError> {
-    let mut writer = Writer::new(txn, current_revision)?;
-    apply_on(&mut writer, current_revision, command, changes)
+) -> Result<(CommandResponse, mvcc::AfterCommit), StorageError> {
+    let mut writer = Writer::new(txn, index, current_revision)?;
+    let response = apply_on(&mut writer, current_revision, command, changes)?;
+    Ok((response, writer.finish()))
 }
 
 /// [`apply`] with a writer opened once for a whole batch of commands in one transaction:
@@ -218,20 +221,16 @@ pub struct ReadOnly<V> {
     compacted: i64,
 }
 
-pub type ReadView = View<
-    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    redb::ReadOnlyTable<(&'static [u8], u64, u64), u8>,
->;
+pub type ReadView = View<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>;
 
 impl ReadOnly<ReadView> {
-    pub fn open(txn: &ReadTransaction) -> Result<Self, StorageError> {
-        let meta = txn.open_table(SM_META)?;
+    pub fn open(reader: &mvcc::Reader) -> Result<Self, StorageError> {
+        let meta = reader.txn().open_table(SM_META)?;
         Ok(Self {
-            view: View::open(txn)?,
+            view: View::open(reader)?,
             revision: crate::raft::state_machine::revision_in(&meta)
                 .map_err(|e| StorageError(e.to_string()))?,
-            compacted: mvcc::compacted_revision(&meta)?,
+            compacted: reader.compacted(),
         })
     }
 
@@ -325,12 +324,7 @@ impl TxnStore for ReadOnly<ReadView> {
         revision: i64,
     ) -> Result<(RangeResult, i64), MvccError> {
         let at = mvcc::check_revision(revision, self.revision, self.compacted)?;
-        let result = if at == self.revision {
-            self.view.range(range, options, None)?
-        } else {
-            self.view.range(range, options, Some(at))?
-        };
-        Ok((result, self.revision))
+        Ok((self.view.range(range, options, at)?, self.revision))
     }
     fn lease_exists(&self, _: i64) -> Result<bool, StorageError> {
         Err(StorageError("a read-only txn checked a put's lease".into()))

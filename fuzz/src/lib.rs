@@ -267,6 +267,8 @@ fn kv_of(kv: &mvccpb::KeyValue) -> Kv {
 struct Store {
     disk: SimDisk,
     db: Database,
+    /// The key index, rebuilt from the database whenever it is opened.
+    index: mvcc::Index,
     durable: bool,
     ops: u64,
 }
@@ -292,6 +294,7 @@ impl Store {
         let db = open(&disk);
         Store {
             disk,
+            index: mvcc::Index::load(&db).expect("index"),
             db,
             durable: true,
             ops: 0,
@@ -313,8 +316,9 @@ impl Store {
         };
         txn.set_durability(durability).expect("durability");
         let mut changes = Vec::new();
-        let response = apply::apply(
+        let (response, after_commit) = apply::apply(
             &txn,
+            &self.index,
             current,
             &Command {
                 op: Some(op),
@@ -333,13 +337,18 @@ impl Store {
             meta.insert(META_OPS, ops.as_slice()).expect("ops");
         }
         txn.commit().expect("commit");
+        after_commit.apply(&self.index);
         // What a watcher is sent live equals what one catching up reads back from history.
         if response.revision > current {
-            let txn = self.db.begin_read().expect("read");
-            let stored = mvcc::View::open(&txn)
-                .expect("view")
-                .changes(response.revision, response.revision, true)
-                .expect("changes");
+            let stored = self
+                .index
+                .read(&self.db, |reader| {
+                    mvcc::View::open(reader)
+                        .expect("view")
+                        .changes(response.revision, response.revision, true)
+                        .expect("changes")
+                })
+                .expect("read");
             assert_eq!(stored, changes, "live changes differ from history");
         } else {
             assert!(changes.is_empty(), "changes without a new revision");
@@ -348,8 +357,15 @@ impl Store {
     }
 
     fn read<T>(&self, f: impl FnOnce(ReadOnly<apply::ReadView>) -> T) -> T {
-        let txn = self.db.begin_read().expect("read");
-        f(ReadOnly::open(&txn).expect("open view"))
+        let mut f = Some(f);
+        self.index
+            .read(&self.db, |reader| {
+                let f = f
+                    .take()
+                    .expect("nothing moves the index of a store used by one thread");
+                f(ReadOnly::open(reader).expect("open view"))
+            })
+            .expect("read")
     }
 
     fn range(&self, request: &RangeRequest) -> Result<Vec<Kv>, Refused> {
@@ -708,6 +724,7 @@ pub fn run_ops(ops: &[Op]) {
                 model = history[ops as usize].clone();
                 store = Store {
                     disk,
+                    index: mvcc::Index::load(&db).expect("index"),
                     db,
                     durable,
                     ops,

@@ -34,6 +34,12 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
             CHAOS,
         ],
         Bug::VoteNotDurable => vec![CHAOS],
+        Bug::InstallKeepsIndex => vec![
+            ("watch_across_snapshot_install", || {
+                Box::pin(scenarios::watch_across_snapshot_install())
+            }),
+            CHAOS,
+        ],
         Bug::StaleFollowerRead | Bug::FollowerReadBeforeApplied | Bug::ReadBeforeCommitted => {
             vec![CHAOS]
         }

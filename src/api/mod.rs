@@ -28,16 +28,17 @@ pub fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!("detcd: {rpc} is not implemented yet"))
 }
 
-/// Runs `f` on a read-only view of this member's state machine (off the async path), mapping
-/// its refusals to etcd's errors.
+/// Runs `f` on a read-only view of this member's state machine (off the async path; again on a
+/// new view if a compaction or snapshot install moved under it), mapping its refusals to
+/// etcd's errors.
 pub async fn read_store<T: Send + 'static>(
     node: &crate::node::Node,
-    f: impl FnOnce(ReadOnly<ReadView>) -> Result<T, ApplyOutcome> + Send + 'static,
+    f: impl Fn(ReadOnly<ReadView>) -> Result<T, ApplyOutcome> + Send + 'static,
 ) -> Result<T, Status> {
     let outcome = node
         .state_machine
-        .read(move |txn| {
-            let store = ReadOnly::open(txn).map_err(crate::raft::io_error)?;
+        .read_mvcc(move |reader| {
+            let store = ReadOnly::open(reader).map_err(crate::raft::io_error)?;
             Ok(f(store))
         })
         .await

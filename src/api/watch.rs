@@ -25,7 +25,6 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::mvccpb::Event;
 use crate::raft::io_error;
-use crate::storage::SM_META;
 use crate::watch::watcher::{fragments, MAX_REVISIONS_PER_RESPONSE};
 use crate::watch::{Applied, Hub, Watcher};
 
@@ -334,13 +333,12 @@ impl WatchStream {
             .service
             .node
             .state_machine
-            .read(move |txn| {
-                let meta = txn.open_table(SM_META).map_err(io_error)?;
-                let compacted = crate::mvcc::compacted_revision(&meta).map_err(io_error)?;
+            .read_mvcc(move |reader| {
+                let compacted = reader.compacted();
                 if from < compacted {
                     return Ok(Err(compacted));
                 }
-                let view = View::open(txn).map_err(io_error)?;
+                let view = View::open(reader).map_err(io_error)?;
                 Ok(Ok(view.changes(from, to, with_prev).map_err(io_error)?))
             })
             .await;

@@ -62,10 +62,14 @@ pub enum Bug {
     /// takes: a stream to a follower behind a partition hangs (over TCP for minutes), and the
     /// follower gets nothing new until the old stream's backlog drains.
     StalledStreamKept,
+    /// A snapshot install replaces the store but keeps the old key index (a cache not
+    /// invalidated with what it caches): the member's reads look for keys where its old state
+    /// had them, missing what the snapshot brought and finding what it removed.
+    InstallKeepsIndex,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -81,6 +85,7 @@ impl Bug {
         Bug::ReadBeforeCommitted,
         Bug::AckOnSend,
         Bug::StalledStreamKept,
+        Bug::InstallKeepsIndex,
     ];
 
     #[cfg(madsim)]

@@ -27,24 +27,27 @@
 //! compact 5: drops 4, keeps 5.   compact 6: drops 5, keeps 6.   compact 7: drops 6, keeps 7.
 //! ```
 //!
-//! Tables (see `storage`): `kv` holds the live generation of every key (what a read at the
-//! current revision sees), `kv_revisions` every retained change by revision (history reads,
-//! watch, compaction, hash), and `kv_index` the same changes by `(key, main, sub)`, so a read
-//! at a past revision finds each key's newest change at or below it without scanning history.
+//! Where things are: `kv_revisions` (see `storage`) holds every retained change by revision,
+//! the one copy of each key-value; the key index (`index.rs`, in memory, rebuilt from history
+//! when a member starts) names each key's retained changes, so a read at any revision finds
+//! each key's newest change at or below it without scanning history. A read goes through a
+//! [`Reader`] (a read transaction and the index, consistent), a write through a [`Writer`].
 //!
 //! Architecture Invariant: mvcc never reads the clock and never decides a byte layout (that is
 //! `storage::encoding`).
 
 mod hash;
+mod index;
 pub mod leases;
 mod range;
 mod view;
 mod writer;
 
 pub use hash::crc32c;
+pub use index::{AfterCommit, Index, KeyIndex, Reader};
 pub use range::{RangeOptions, RangeResult, SortOrder, SortTarget};
 pub use view::{check_revision, compacted_revision, View, NEVER_COMPACTED};
-pub use writer::{rebuild_live_table, Compacted, LeaseRecord, Writer};
+pub use writer::{Compacted, LeaseRecord, Writer};
 
 pub use crate::storage::encoding::HistoryEvent;
 use crate::storage::StorageError;

@@ -1,6 +1,6 @@
 //! The options of a range read and how they shape its answer: filters, sort, limit, count.
 
-use super::{decode, KeyValue};
+use super::{KeyValue, Revision};
 use crate::storage::StorageError;
 
 /// The answer to a range read.
@@ -98,33 +98,37 @@ impl RangeOptions {
 /// `count` is every key in the range, whatever the limit and the filters. With `count_only` no
 /// key-value is fetched at all, so nothing is cut and `more` is false.
 ///
-/// `for_each` visits the encoded key-values in the range (in key order) until its visitor returns
-/// false; it is the live table for a read at the current revision, the history for a past one.
+/// `revisions` names the put of each key live in the range, in key order (from the key
+/// index); `fetch` reads one from history. Only what step 1 needs is fetched.
 pub(crate) fn select(
-    for_each: impl FnOnce(
-        &mut dyn FnMut(&[u8]) -> Result<bool, StorageError>,
-    ) -> Result<(), StorageError>,
+    revisions: &[Revision],
+    mut fetch: impl FnMut(Revision) -> Result<KeyValue, StorageError>,
     options: &RangeOptions,
 ) -> Result<RangeResult, StorageError> {
     let limit = options.limit;
     let fetch_all = options.sort_order != SortOrder::None || options.has_filters() || limit <= 0;
-    let mut result = RangeResult::default();
-    for_each(&mut |bytes| {
-        result.count += 1;
-        if options.count_only {
-            return Ok(true);
-        }
-        if fetch_all || (result.kvs.len() as i64) <= limit {
-            let mut kv = decode(bytes)?;
-            if options.keeps(&kv) {
-                if options.keys_only && options.sort_target != SortTarget::Value {
-                    kv.value = Vec::new();
-                }
-                result.kvs.push(kv);
+    let mut result = RangeResult {
+        count: revisions.len() as i64,
+        ..RangeResult::default()
+    };
+    if options.count_only {
+        return Ok(result);
+    }
+    // Without filters every fetched key is kept, so the first `limit + 1` tell `more`.
+    let fetched = if fetch_all {
+        revisions.len()
+    } else {
+        revisions.len().min(limit as usize + 1)
+    };
+    for &revision in &revisions[..fetched] {
+        let mut kv = fetch(revision)?;
+        if options.keeps(&kv) {
+            if options.keys_only && options.sort_target != SortTarget::Value {
+                kv.value = Vec::new();
             }
+            result.kvs.push(kv);
         }
-        Ok(true)
-    })?;
+    }
     let compare = |a: &KeyValue, b: &KeyValue| match options.sort_target {
         SortTarget::Key => a.key.cmp(&b.key),
         SortTarget::Version => a.version.cmp(&b.version),

@@ -8,35 +8,60 @@ use crate::storage::KV_REVISIONS;
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-fn database() -> Database {
+/// A store: the database and its key index.
+struct Store {
+    db: Database,
+    index: Index,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl Store {
+    fn view(&self) -> (Reader, ReadView) {
+        let reader = self.index.reader(&self.db).unwrap();
+        let view = View::open(&reader).unwrap();
+        (reader, view)
+    }
+}
+
+type ReadView = View<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>;
+
+fn database() -> Store {
     let db = Database::builder()
         .create_with_backend(InMemoryBackend::new())
         .unwrap();
     crate::storage::create_tables(&db).unwrap();
-    db
+    let index = Index::load(&db).unwrap();
+    Store { db, index }
 }
 
 /// Runs one write request; returns the revision it ended at.
-fn write(db: &Database, current: i64, f: impl FnOnce(&mut Writer)) -> i64 {
+fn write(db: &Store, current: i64, f: impl FnOnce(&mut Writer)) -> i64 {
     let txn = db.begin_write().unwrap();
-    let revision = {
-        let mut writer = Writer::new(&txn, current).unwrap();
+    let (revision, after_commit) = {
+        let mut writer = Writer::new(&txn, &db.index, current).unwrap();
         f(&mut writer);
-        writer.revision()
+        (writer.revision(), writer.finish())
     };
     txn.commit().unwrap();
+    after_commit.apply(&db.index);
     revision
 }
 
-fn read(db: &Database, key: &str, range_end: &str, limit: i64) -> RangeResult {
-    let txn = db.begin_read().unwrap();
+/// A read at the newest revision.
+fn read(db: &Store, key: &str, range_end: &str, limit: i64) -> RangeResult {
     let options = RangeOptions {
         limit,
         ..RangeOptions::default()
     };
-    View::open(&txn)
-        .unwrap()
-        .range(&KeyRange::new(key, range_end), &options, None)
+    db.view()
+        .1
+        .range(&KeyRange::new(key, range_end), &options, i64::MAX)
         .unwrap()
 }
 
@@ -157,11 +182,10 @@ fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
             w.put(key.as_bytes(), value.as_bytes(), 0).unwrap();
         });
     }
-    let txn = db.begin_read().unwrap();
-    let view = View::open(&txn).unwrap();
+    let (_reader, view) = db.view();
     let all = KeyRange::new("\0", "\0");
     let keys = |options: RangeOptions| -> (Vec<String>, i64, bool) {
-        let r = view.range(&all, &options, None).unwrap();
+        let r = view.range(&all, &options, i64::MAX).unwrap();
         let keys = r
             .kvs
             .into_iter()
@@ -235,7 +259,7 @@ fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
         keys_only: true,
         ..by(SortTarget::Value, SortOrder::Descend)
     };
-    let result = view.range(&all, &keys_only, None).unwrap();
+    let result = view.range(&all, &keys_only, i64::MAX).unwrap();
     let seen: Vec<_> = result
         .kvs
         .iter()
@@ -253,25 +277,21 @@ fn sorting_filters_and_limit_follow_etcd_order_of_operations() {
         keys_only: true,
         ..RangeOptions::default()
     };
-    let result = view.range(&all, &keys_only_by_key, None).unwrap();
+    let result = view.range(&all, &keys_only_by_key, i64::MAX).unwrap();
     assert!(result.kvs.iter().all(|kv| kv.value.is_empty()));
     assert_eq!(result.kvs.len(), 3);
 }
 
 fn read_at(
-    db: &Database,
+    db: &Store,
     key: &str,
     range_end: &str,
     at: i64,
 ) -> Vec<(String, String, i64, i64, i64)> {
-    let txn = db.begin_read().unwrap();
-    let result = View::open(&txn)
-        .unwrap()
-        .range(
-            &KeyRange::new(key, range_end),
-            &RangeOptions::default(),
-            Some(at),
-        )
+    let result = db
+        .view()
+        .1
+        .range(&KeyRange::new(key, range_end), &RangeOptions::default(), at)
         .unwrap();
     result
         .kvs
@@ -288,21 +308,23 @@ fn read_at(
         .collect()
 }
 
-fn hash_at(db: &Database, at: i64) -> u32 {
-    let txn = db.begin_read().unwrap();
-    let compacted = compacted_revision(&txn.open_table(crate::storage::SM_META).unwrap()).unwrap();
-    View::open(&txn).unwrap().hash_kv(at, compacted).unwrap()
+fn hash_at(db: &Store, at: i64) -> u32 {
+    let (reader, view) = db.view();
+    view.hash_kv(at, reader.compacted()).unwrap()
 }
 
-fn compact(db: &Database, current: i64, at: i64) -> Result<Compacted, MvccError> {
+fn compact(db: &Store, current: i64, at: i64) -> Result<Compacted, MvccError> {
     let txn = db.begin_write().unwrap();
-    let result = Writer::new(&txn, current).unwrap().compact(at);
+    let mut writer = Writer::new(&txn, &db.index, current).unwrap();
+    let result = writer.compact(at);
+    let after_commit = writer.finish();
     txn.commit().unwrap();
+    after_commit.apply(&db.index);
     result
 }
 
 /// etcd 3.4.23, fresh member: `put foo a; put foo b; del foo; put foo c; put bar x`.
-fn etcd_probe_history(db: &Database) -> i64 {
+fn etcd_probe_history(db: &Store) -> i64 {
     let mut rev = INITIAL_REVISION;
     rev = write(db, rev, |w| drop(w.put(b"foo", b"a", 0).unwrap()));
     rev = write(db, rev, |w| drop(w.put(b"foo", b"b", 0).unwrap()));
@@ -374,7 +396,7 @@ fn compaction_keeps_what_reads_at_or_after_it_can_see() {
         });
     }
     assert_eq!(rev, 7);
-    let retained = |db: &Database| -> Vec<i64> {
+    let retained = |db: &Store| -> Vec<i64> {
         let txn = db.begin_read().unwrap();
         let history = txn.open_table(KV_REVISIONS).unwrap();
         history
@@ -399,12 +421,12 @@ fn compaction_keeps_what_reads_at_or_after_it_can_see() {
         compact(&db, rev, at).unwrap();
         assert_eq!(retained(&db), left, "after compacting at {at}");
         // The index names exactly what history holds.
-        let txn = db.begin_read().unwrap();
-        let index = txn.open_table(crate::storage::KV_INDEX).unwrap();
-        let indexed: Vec<i64> = index
+        let indexed: Vec<i64> = db
+            .index
+            .read_keys()
+            .revisions()
             .iter()
-            .unwrap()
-            .map(|item| item.unwrap().0.value().1 as i64)
+            .map(|revision| revision.main)
             .collect();
         assert_eq!(indexed, left);
     }
@@ -447,6 +469,8 @@ fn compacted_history_space_is_reused() {
     let disk = Disk::Sim(SimDisk::new());
     let db = disk.open_database("t.redb").unwrap();
     crate::storage::create_tables(&db).unwrap();
+    let index = Index::load(&db).unwrap();
+    let db = Store { db, index };
     let value = vec![b'v'; 4096];
     let mut rev = INITIAL_REVISION;
     let mut rounds = Vec::new();
@@ -506,58 +530,147 @@ fn a_key_changed_twice_in_one_revision_compacts_cleanly() {
 }
 
 #[test]
-fn a_format_1_database_is_upgraded_and_an_unknown_format_is_refused() {
-    use crate::storage::{create_tables, FORMAT, KV, META_FORMAT, SM_META};
-    let db = database();
-    let mut revision = INITIAL_REVISION;
-    revision = write(&db, revision, |w| {
-        w.put(b"a", b"1", 0).unwrap();
-    });
-    revision = write(&db, revision, |w| {
-        w.put(b"b", b"2", 0).unwrap();
-        w.put(b"a", b"3", 0).unwrap();
-    });
-    revision = write(&db, revision, |w| {
-        w.delete_range(&KeyRange::new("b", "")).unwrap();
-    });
-    write(&db, revision, |w| {
-        w.put(b"c", b"4", 0).unwrap();
-    });
-    let before = read(&db, "\0", "\0", 0);
-    assert_eq!(before.kvs.len(), 2);
-    // Format 1: `kv` held each live key-value in full, and `sm_meta` had no format.
-    let txn = db.begin_write().unwrap();
-    {
-        let mut kv = txn.open_table(KV).unwrap();
-        for live in &before.kvs {
-            kv.insert(
-                live.key.as_slice(),
-                encoding::encode_key_value(live).as_slice(),
-            )
-            .unwrap();
+fn older_formats_are_upgraded_and_an_unknown_format_is_refused() {
+    use crate::storage::{create_tables, FORMAT, META_FORMAT, SM_META};
+    use redb::TableDefinition;
+    const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+    const KV_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::new("kv_index");
+    for old_format in [None, Some(2)] {
+        let db = database();
+        let mut revision = INITIAL_REVISION;
+        revision = write(&db, revision, |w| {
+            w.put(b"a", b"1", 0).unwrap();
+        });
+        revision = write(&db, revision, |w| {
+            w.put(b"b", b"2", 0).unwrap();
+            w.put(b"a", b"3", 0).unwrap();
+        });
+        revision = write(&db, revision, |w| {
+            w.delete_range(&KeyRange::new("b", "")).unwrap();
+        });
+        write(&db, revision, |w| {
+            w.put(b"c", b"4", 0).unwrap();
+        });
+        let before = read(&db, "\0", "\0", 0);
+        assert_eq!(before.kvs.len(), 2);
+        // Format 1 had no format row and a copy of each live key-value in `kv`; format 2 the
+        // revision of its newest put there. Both had `kv_index`.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            for live in &before.kvs {
+                kv.insert(
+                    live.key.as_slice(),
+                    encoding::encode_key_value(live).as_slice(),
+                )
+                .unwrap();
+            }
+            let mut index = txn.open_table(KV_INDEX).unwrap();
+            index.insert((&b"a"[..], 2, 0), 0).unwrap();
+            let mut meta = txn.open_table(SM_META).unwrap();
+            match old_format {
+                None => drop(meta.remove(META_FORMAT).unwrap()),
+                Some(format) => drop(
+                    meta.insert(META_FORMAT, encoding::encode_u64(format).as_slice())
+                        .unwrap(),
+                ),
+            }
         }
+        txn.commit().unwrap();
+        create_tables(&db).unwrap();
+        let reopened = Store {
+            index: Index::load(&db.db).unwrap(),
+            db: db.db,
+        };
+        assert_eq!(
+            read(&reopened, "\0", "\0", 0),
+            before,
+            "from {old_format:?}"
+        );
+        let txn = reopened.begin_read().unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|table| redb::TableHandle::name(&table).to_string())
+            .collect();
+        assert!(
+            !tables.iter().any(|name| name == "kv" || name == "kv_index"),
+            "{tables:?}"
+        );
+        drop(txn);
+        // A format from a newer detcd is not misread.
+        let txn = reopened.begin_write().unwrap();
         txn.open_table(SM_META)
             .unwrap()
-            .remove(META_FORMAT)
+            .insert(META_FORMAT, encoding::encode_u64(FORMAT + 1).as_slice())
             .unwrap();
+        txn.commit().unwrap();
+        let refused = create_tables(&reopened).unwrap_err().to_string();
+        assert!(refused.contains("data format 4"), "{refused}");
+        assert_eq!(read(&reopened, "\0", "\0", 0), before);
     }
-    txn.commit().unwrap();
-    create_tables(&db).unwrap();
-    assert_eq!(read(&db, "\0", "\0", 0), before);
-    let txn = db.begin_read().unwrap();
-    let kv = txn.open_table(KV).unwrap();
-    for row in kv.iter().unwrap() {
-        assert_eq!(row.unwrap().1.value().len(), 16, "a revision, not a copy");
-    }
-    drop((kv, txn));
-    // A format from a newer detcd is not misread.
-    let txn = db.begin_write().unwrap();
-    txn.open_table(SM_META)
-        .unwrap()
-        .insert(META_FORMAT, encoding::encode_u64(FORMAT + 1).as_slice())
+}
+
+#[test]
+fn a_read_that_a_compaction_overtakes_starts_again() {
+    // A reader opens its transaction, then a compaction commits and the index forgets what it
+    // removed before the reader looks at the index: the answer would mix two states, so the
+    // read runs again on a new transaction (real mode: readers and the applier on different
+    // threads; the simulation runs both inline, so only this test takes the path).
+    let db = database();
+    let rev = etcd_probe_history(&db);
+    let mut attempts = 0;
+    let answer = db
+        .index
+        .read(&db, |reader| {
+            attempts += 1;
+            if attempts == 1 {
+                compact(&db, rev, 5).unwrap();
+            }
+            let view = View::open(reader).unwrap();
+            let at = view::check_revision(3, rev, reader.compacted());
+            at.map(|at| view.range(&KeyRange::new("foo", ""), &RangeOptions::default(), at))
+        })
         .unwrap();
-    txn.commit().unwrap();
-    let refused = create_tables(&db).unwrap_err().to_string();
-    assert!(refused.contains("data format 3"), "{refused}");
-    assert_eq!(read(&db, "\0", "\0", 0), before);
+    assert_eq!(attempts, 2);
+    assert!(matches!(answer, Err(MvccError::Compacted)));
+    // A read that began after the compaction committed is not repeated.
+    let mut attempts = 0;
+    db.index
+        .read(&db, |reader| {
+            attempts += 1;
+            assert_eq!(reader.compacted(), 5);
+        })
+        .unwrap();
+    assert_eq!(attempts, 1);
+}
+
+#[test]
+fn a_read_that_a_snapshot_install_overtakes_starts_again() {
+    let db = database();
+    etcd_probe_history(&db);
+    let mut attempts = 0;
+    let count = db
+        .index
+        .read(&db, |reader| {
+            attempts += 1;
+            if attempts == 1 {
+                // An install of an empty store: its commit and its index replace the old ones.
+                let txn = db.begin_write().unwrap();
+                txn.open_table(KV_REVISIONS)
+                    .unwrap()
+                    .retain(|_, _| false)
+                    .unwrap();
+                db.index
+                    .replace(KeyIndex::default(), || txn.commit())
+                    .unwrap();
+            }
+            let view = View::open(reader).unwrap();
+            let everything = KeyRange::new("\0", "\0");
+            view.range(&everything, &RangeOptions::default(), i64::MAX)
+                .map(|result| result.count)
+        })
+        .unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(count.unwrap(), 0);
 }

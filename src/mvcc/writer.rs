@@ -1,17 +1,20 @@
 //! Applies the changes of one write request at one main revision, and compaction.
+//!
+//! A change goes to history (in the writer's redb transaction) and to the key index (at once,
+//! ahead of the commit: readers look only at or below their own revision). What a compaction
+//! removes leaves history in the transaction and the index after the commit
+//! ([`Writer::finish`]).
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::index::{AfterCommit, Index};
 use super::range::{RangeOptions, RangeResult};
 use super::view::{self, View};
-use super::{decode, Change, KeyRange, KeyValue, MvccError, Revision};
+use super::{Change, KeyRange, KeyValue, MvccError, Revision};
 use crate::storage::encoding::{self, HistoryEvent};
-use crate::storage::{
-    StorageError, KV, KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, SM_META,
-};
+use crate::storage::{StorageError, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, SM_META};
 
 type ByteTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
-type IndexTable<'txn> = Table<'txn, (&'static [u8], u64, u64), u8>;
 
 /// A lease as the state machine records it (seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +27,7 @@ pub struct LeaseRecord {
 
 /// Applies the changes of one write request, all at one main revision.
 pub struct Writer<'txn> {
-    view: View<ByteTable<'txn>, ByteTable<'txn>, IndexTable<'txn>>,
+    view: View<ByteTable<'txn>>,
     meta: Table<'txn, &'static str, &'static [u8]>,
     leases: Table<'txn, i64, &'static [u8]>,
     /// Which keys each lease has attached (derived from `kv`'s lease fields).
@@ -32,6 +35,8 @@ pub struct Writer<'txn> {
     main: i64,
     next_sub: i64,
     changes: Vec<Change>,
+    /// The compactions of this transaction, for the index once it commits.
+    compactions: Vec<i64>,
 }
 
 /// What a compaction removed.
@@ -41,13 +46,16 @@ pub struct Compacted {
 }
 
 impl<'txn> Writer<'txn> {
-    /// A writer for the request after `current_revision`.
-    pub fn new(txn: &'txn WriteTransaction, current_revision: i64) -> Result<Self, StorageError> {
+    /// A writer for the request after `current_revision`, changing `index` with `txn`.
+    pub fn new(
+        txn: &'txn WriteTransaction,
+        index: &Index,
+        current_revision: i64,
+    ) -> Result<Self, StorageError> {
         Ok(Self {
             view: View {
-                kv: txn.open_table(KV)?,
                 history: txn.open_table(KV_REVISIONS)?,
-                index: txn.open_table(KV_INDEX)?,
+                index: index.clone(),
             },
             meta: txn.open_table(SM_META)?,
             leases: txn.open_table(LEASES)?,
@@ -55,7 +63,16 @@ impl<'txn> Writer<'txn> {
             main: current_revision + 1,
             next_sub: 0,
             changes: Vec::new(),
+            compactions: Vec::new(),
         })
+    }
+
+    /// Ends the writer; what it answers must be applied to the index once the transaction has
+    /// committed.
+    pub fn finish(self) -> AfterCommit {
+        AfterCommit {
+            compactions: self.compactions,
+        }
     }
 
     /// Starts the next request of the same transaction, after `current_revision`.
@@ -105,7 +122,7 @@ impl<'txn> Writer<'txn> {
 
     /// The live generation of `key`, if any (including this request's own changes).
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
-        self.view.live(key)
+        self.view.live(key, self.revision())
     }
 
     /// A range read inside this request: at `revision` 0 it sees this request's own earlier
@@ -117,12 +134,7 @@ impl<'txn> Writer<'txn> {
         revision: i64,
     ) -> Result<(RangeResult, i64), MvccError> {
         let at = view::check_revision(revision, self.revision(), self.compacted()?)?;
-        let result = if at == self.revision() {
-            self.view.range(range, options, None)?
-        } else {
-            self.view.range(range, options, Some(at))?
-        };
-        Ok((result, self.revision()))
+        Ok((self.view.range(range, options, at)?, self.revision()))
     }
 
     /// Puts `key = value` with `lease`; returns the previous live generation.
@@ -159,9 +171,6 @@ impl<'txn> Writer<'txn> {
             kv.create_revision <= kv.mod_revision,
             "create after mod: {kv:?}"
         );
-        self.view
-            .kv
-            .insert(key, encoding::encode_revision(revision).as_slice())?;
         if let Some(old) = previous.map(|prev| prev.lease).filter(|&old| old != 0) {
             if old != lease {
                 self.lease_keys.remove((old, key))?;
@@ -179,18 +188,14 @@ impl<'txn> Writer<'txn> {
         event: HistoryEvent,
         prev: Option<KeyValue>,
     ) -> Result<(), StorageError> {
-        self.view.index.insert(
-            (
-                event.kv().key.as_slice(),
-                revision.main as u64,
-                revision.sub as u64,
-            ),
-            u8::from(event.is_delete()),
-        )?;
         self.view.history.insert(
             encoding::encode_revision(revision).as_slice(),
             encoding::encode_event(&event).as_slice(),
         )?;
+        self.view
+            .index
+            .write()
+            .add(&event.kv().key, revision, event.is_delete());
         self.changes.push(Change {
             revision,
             event,
@@ -201,14 +206,9 @@ impl<'txn> Writer<'txn> {
 
     /// Deletes every live key in `range`; returns the deleted generations in key order.
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>, StorageError> {
-        let mut doomed = Vec::new();
-        self.view.for_each_live(range, &mut |bytes| {
-            doomed.push(decode(bytes)?);
-            Ok(true)
-        })?;
+        let doomed = self.view.live_in(range, self.revision())?;
         for kv in &doomed {
             let revision = self.next_revision();
-            self.view.kv.remove(kv.key.as_slice())?;
             if kv.lease != 0 {
                 self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
             }
@@ -235,61 +235,29 @@ impl<'txn> Writer<'txn> {
         if at > self.revision() {
             return Err(MvccError::FutureRevision);
         }
-        let doomed = self.doomed_by(at)?;
-        for (key, main, sub) in &doomed {
-            self.view
-                .index
-                .remove((key.as_slice(), *main as u64, *sub as u64))
-                .map_err(StorageError::from)?;
-            let revision = encoding::encode_revision(Revision {
-                main: *main,
-                sub: *sub,
-            });
-            self.view
+        // The index forgets these once the transaction commits; until then it names changes
+        // that history no longer has, which no read at or above `at` looks for.
+        let doomed = self.view.index.read_keys().doomed_by(at);
+        let mut removed = 0;
+        for revision in &doomed {
+            let revision = encoding::encode_revision(*revision);
+            if self
+                .view
                 .history
                 .remove(revision.as_slice())
-                .map_err(StorageError::from)?;
+                .map_err(StorageError::from)?
+                .is_some()
+            {
+                removed += 1;
+            }
         }
         self.meta
             .insert(META_COMPACTED, encoding::encode_u64(at as u64).as_slice())
             .map_err(StorageError::from)?;
+        self.compactions.push(at);
         Ok(Compacted {
-            revisions_removed: doomed.len() as u64,
+            revisions_removed: removed,
         })
-    }
-
-    /// The changes compaction at `at` removes, as `(key, main, sub)`.
-    fn doomed_by(&self, at: i64) -> Result<Vec<(Vec<u8>, i64, i64)>, StorageError> {
-        let mut doomed = Vec::new();
-        // The newest change at or below `at` of the key being scanned: kept if a put.
-        let mut newest: Option<(Vec<u8>, i64, i64, bool)> = None;
-        let settle = |newest: Option<(Vec<u8>, i64, i64, bool)>, doomed: &mut Vec<_>| {
-            if let Some((key, main, sub, true)) = newest {
-                if main < at {
-                    doomed.push((key, main, sub));
-                }
-            }
-        };
-        for item in self.view.index.iter()? {
-            let (key, entry) = item?;
-            let (user_key, main, sub) = key.value();
-            let (main, sub, tombstone) = (main as i64, sub as i64, entry.value() == 1);
-            if main > at {
-                continue;
-            }
-            match &mut newest {
-                Some((key, old_main, old_sub, _)) if key.as_slice() == user_key => {
-                    doomed.push((key.clone(), *old_main, *old_sub));
-                    newest = Some((user_key.to_vec(), main, sub, tombstone));
-                }
-                _ => {
-                    settle(newest.take(), &mut doomed);
-                    newest = Some((user_key.to_vec(), main, sub, tombstone));
-                }
-            }
-        }
-        settle(newest, &mut doomed);
-        Ok(doomed)
     }
 
     /// The lease `id`, if it exists.
@@ -331,30 +299,4 @@ impl<'txn> Writer<'txn> {
     pub fn hash_kv(&self, at: i64) -> Result<u32, StorageError> {
         self.view.hash_kv(at, self.compacted()?)
     }
-}
-
-/// Derives the live table (`kv`) from history (a snapshot install, an upgrade from format 1):
-/// each key whose newest change is a put is live at that put's revision, which must be in the
-/// history. Answers how many keys are live.
-pub fn rebuild_live_table(txn: &WriteTransaction) -> Result<u64, StorageError> {
-    let view = View {
-        kv: txn.open_table(KV)?,
-        history: txn.open_table(KV_REVISIONS)?,
-        index: txn.open_table(KV_INDEX)?,
-    };
-    let mut live = Vec::new();
-    view.for_each_newest_put(
-        &KeyRange::new(vec![0], vec![0]),
-        i64::MAX,
-        &mut |revision, record| {
-            live.push((decode(record)?.key, revision.to_vec()));
-            Ok(true)
-        },
-    )?;
-    let View { mut kv, .. } = view;
-    kv.retain(|_, _| false)?;
-    for (key, revision) in &live {
-        kv.insert(key.as_slice(), revision.as_slice())?;
-    }
-    Ok(live.len() as u64)
 }

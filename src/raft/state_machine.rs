@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec;
 use super::{io_error, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{self, CommandResponse, CommandResult};
+use crate::env::bugs::{self, Bug};
 use crate::env::probe::{self, Probe};
 use crate::env::{self, Clock, Disk, Duration, Instant};
 use crate::mvcc::leases::{LeaseEvent, LeaseFeed};
@@ -47,7 +48,7 @@ use crate::mvcc::{self, LeaseRecord, INITIAL_REVISION};
 use crate::pb::raft as pb;
 use crate::storage::{self, encoding};
 use crate::storage::{
-    KV_INDEX, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP,
+    KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, META_LAST_APPLIED, META_MEMBERSHIP,
     META_REVISION, SM_META,
 };
 use crate::watch::{Applied, Hub};
@@ -69,6 +70,8 @@ const APPLIER_QUEUE: usize = 256;
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    /// The key index of the store in `db` (in memory, rebuilt at open and at an install).
+    index: mvcc::Index,
     /// The applier task's queue, in log order.
     applier: mpsc::Sender<Work>,
     /// Why the applier stopped, once it has: every later call fails (openraft then stops).
@@ -94,6 +97,7 @@ enum Work {
 /// The applier task's state: it alone writes applied entries to the database.
 struct Applier {
     db: Arc<Database>,
+    index: mvcc::Index,
     /// Where `db` lives: a simulated fsync takes simulated time.
     disk: Disk,
     clock: Clock,
@@ -220,16 +224,19 @@ impl StateMachine {
     /// The state machine over `db` (on `disk`), its watch hub starting at what `db` has applied.
     pub async fn open(db: Arc<Database>, disk: Disk, clock: Clock) -> Result<Self, io::Error> {
         let reader = db.clone();
-        let applied = env::blocking(move || {
+        let (applied, index) = env::blocking(move || {
             let txn = reader.begin_read().map_err(io_error)?;
             let meta = txn.open_table(SM_META).map_err(io_error)?;
-            Ok::<_, io::Error>(Applied {
+            let applied = Applied {
                 revision: revision_in(&meta)?,
                 compacted: mvcc::compacted_revision(&meta).map_err(io_error)?,
                 index: read_applied_state(&meta)?
                     .last_applied
                     .map_or(0, |log_id| log_id.index),
-            })
+            };
+            // The key index, from the same commit's history.
+            let index = mvcc::Index::load(&reader).map_err(io_error)?;
+            Ok::<_, io::Error>((applied, index))
         })
         .await?;
         let hub = Hub::new(applied);
@@ -239,6 +246,7 @@ impl StateMachine {
         env::spawn(run_applier(
             Applier {
                 db: db.clone(),
+                index: index.clone(),
                 disk,
                 synced_at: clock.monotonic(),
                 clock,
@@ -251,6 +259,7 @@ impl StateMachine {
         ));
         Ok(Self {
             db,
+            index,
             applier,
             failed,
             current_snapshot: Arc::new(Mutex::new(None)),
@@ -304,6 +313,18 @@ impl StateMachine {
         .await
     }
 
+    /// Runs `f` on a consistent read of the MVCC store (off the async path in real mode), again
+    /// if a compaction or a snapshot install moved the key index under it
+    /// ([`mvcc::Index::read`]), so `f` may run more than once.
+    pub async fn read_mvcc<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mvcc::Reader) -> Result<T, io::Error> + Send + 'static,
+    ) -> Result<T, io::Error> {
+        let db = self.db.clone();
+        let index = self.index.clone();
+        env::blocking(move || index.read(&db, f).map_err(io_error)?).await
+    }
+
     /// The store's current revision, with the log id it was applied at.
     pub async fn current_revision(&self) -> Result<i64, io::Error> {
         self.read(|txn| {
@@ -346,19 +367,25 @@ impl StateMachine {
                 value: event.value().to_vec(),
             });
         }
-        // The live key-values in full, as format 1 stored them (what `install_data` checks).
-        mvcc::View::open(txn)
-            .and_then(|view| {
-                view.for_each_live(&mvcc::KeyRange::new(vec![0], vec![0]), &mut |record| {
-                    let kv = mvcc::decode(record)?;
-                    data.kv.push(pb::KeyValuePair {
-                        key: kv.key,
-                        value: record.to_vec(),
-                    });
-                    Ok(true)
-                })
-            })
-            .map_err(io_error)?;
+        // The live key-values in full, as format 1 stored them (what `install_data` checks):
+        // each live key's newest put, found with an index of this view's own history (the
+        // member's index has moved on since the view was pinned).
+        let live = mvcc::KeyIndex::of(txn).map_err(io_error)?.live_revisions();
+        for revision in live {
+            let row = history
+                .get(encoding::encode_revision(revision).as_slice())
+                .map_err(io_error)?
+                .ok_or_else(|| io_error(format!("history has no put at {revision:?}")))?;
+            let record = row
+                .value()
+                .strip_prefix(b"P")
+                .ok_or_else(|| io_error(format!("history has no put at {revision:?}")))?;
+            let kv = mvcc::decode(record).map_err(io_error)?;
+            data.kv.push(pb::KeyValuePair {
+                key: kv.key,
+                value: record.to_vec(),
+            });
+        }
         let leases = txn.open_table(LEASES).map_err(io_error)?;
         for item in leases.iter().map_err(io_error)? {
             let (id, record) = item.map_err(io_error)?;
@@ -371,10 +398,11 @@ impl StateMachine {
     }
 }
 
-/// Replaces the state machine with a snapshot's data (and rebuilds the history index from it),
-/// durably.
+/// Replaces the state machine with a snapshot's data, durably, and the key index with one
+/// built from the snapshot's history.
 fn install_data(
     db: &Database,
+    index: &mvcc::Index,
     data: &pb::SnapshotData,
     state: &AppliedState,
 ) -> Result<(), io::Error> {
@@ -387,28 +415,16 @@ fn install_data(
             .map_err(io_error)?;
     }
     drop(history);
-    // The index is derived from history.
-    let mut index = txn.open_table(KV_INDEX).map_err(io_error)?;
-    index.retain(|_, _| false).map_err(io_error)?;
-    for row in &data.kv_revisions {
-        let corrupt = || io_error("corrupt history row in snapshot");
-        let revision = encoding::decode_revision(&row.key).ok_or_else(corrupt)?;
-        let event = encoding::decode_event(&row.value).ok_or_else(corrupt)?;
-        index
-            .insert(
-                (
-                    event.kv().key.as_slice(),
-                    revision.main as u64,
-                    revision.sub as u64,
-                ),
-                u8::from(event.is_delete()),
-            )
-            .map_err(io_error)?;
-    }
-    drop(index);
-    // So is the live table; the snapshot's copy of it must agree.
-    let live = mvcc::rebuild_live_table(&txn).map_err(io_error)?;
-    if live != data.kv.len() as u64 {
+    // The index is derived from history; the snapshot's copy of the live keys must agree.
+    let keys = mvcc::KeyIndex::from_rows(
+        data.kv_revisions
+            .iter()
+            .map(|row| (row.key.as_slice(), row.value.as_slice())),
+        data.compacted.unwrap_or(mvcc::NEVER_COMPACTED),
+    )
+    .map_err(io_error)?;
+    let live = keys.live_revisions().len();
+    if live != data.kv.len() {
         return Err(io_error(format!(
             "corrupt snapshot: {} live keys, but its history has {live}",
             data.kv.len()
@@ -457,8 +473,10 @@ fn install_data(
         state.revision,
         Some(&state.membership),
     )?;
-    txn.commit().map_err(io_error)?;
-    Ok(())
+    if bugs::enabled(Bug::InstallKeepsIndex) {
+        return txn.commit().map_err(io_error);
+    }
+    index.replace(keys, || txn.commit().map_err(io_error))
 }
 
 /// A snapshot's data. One this member built is a pinned redb view of the state machine at the
@@ -556,6 +574,7 @@ impl Applier {
                 )
             });
         let db = self.db.clone();
+        let index = self.index.clone();
         let work = move || -> Result<_, io::Error> {
             let txn = storage::begin_write(&db, durability).map_err(io_error)?;
             let mut revision = {
@@ -583,9 +602,9 @@ impl Applier {
                     EntryPayload::Normal(command) => {
                         let writer = match &mut writer {
                             Some(writer) => writer,
-                            None => {
-                                writer.insert(mvcc::Writer::new(&txn, revision).map_err(io_error)?)
-                            }
+                            None => writer.insert(
+                                mvcc::Writer::new(&txn, &index, revision).map_err(io_error)?,
+                            ),
                         };
                         let response = apply::apply_on(writer, revision, command, &mut changes)
                             .map_err(io_error)?;
@@ -619,13 +638,14 @@ impl Applier {
                 });
                 responses.push(response);
             }
-            drop(writer);
+            let after_commit = writer.map(mvcc::Writer::finish).unwrap_or_default();
             write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
             let compacted = {
                 let meta = txn.open_table(SM_META).map_err(io_error)?;
                 mvcc::compacted_revision(&meta).map_err(io_error)?
             };
             txn.commit().map_err(io_error)?;
+            after_commit.apply(&index);
             let applied = Applied {
                 revision,
                 compacted,
@@ -775,6 +795,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             revision: data.revision,
         };
         let db = self.db.clone();
+        let index = self.index.clone();
         let applied = Applied {
             revision: data.revision,
             compacted: data.compacted.unwrap_or(mvcc::NEVER_COMPACTED),
@@ -782,7 +803,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // The installed state, pinned as this member's current snapshot (applies wait for this).
         let view = env::blocking(move || {
-            install_data(&db, &data, &state)?;
+            install_data(&db, &index, &data, &state)?;
             db.begin_read().map_err(io_error)
         })
         .await?;
@@ -814,34 +835,59 @@ mod tests {
     };
     use redb::backends::InMemoryBackend;
 
-    fn database() -> Database {
+    /// A store: the database and its key index.
+    struct Store {
+        db: Database,
+        index: mvcc::Index,
+    }
+
+    impl std::ops::Deref for Store {
+        type Target = Database;
+        fn deref(&self) -> &Database {
+            &self.db
+        }
+    }
+
+    impl Store {
+        fn reader(&self) -> mvcc::Reader {
+            self.index.reader(&self.db).unwrap()
+        }
+    }
+
+    fn database() -> Store {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
         crate::storage::create_tables(&db).unwrap();
-        db
+        let index = mvcc::Index::load(&db).unwrap();
+        Store { db, index }
     }
 
-    fn apply_all(db: &Database, ops: Vec<pb::command::Op>) -> i64 {
+    fn apply_all(db: &Store, ops: Vec<pb::command::Op>) -> i64 {
         let txn = db.begin_write().unwrap();
         let mut revision = INITIAL_REVISION;
+        let mut after_commit = Vec::new();
         for op in ops {
             let command = pb::Command {
                 op: Some(op),
                 ..Default::default()
             };
-            revision = apply::apply(&txn, revision, &command, &mut Vec::new())
-                .unwrap()
-                .revision;
+            let (response, after) =
+                apply::apply(&txn, &db.index, revision, &command, &mut Vec::new()).unwrap();
+            revision = response.revision;
+            after_commit.push(after);
         }
         write_applied_state(&txn, None, revision, None).unwrap();
         txn.commit().unwrap();
+        for after in after_commit {
+            after.apply(&db.index);
+        }
         revision
     }
 
-    fn observe(db: &Database) -> (u32, i64, Vec<i64>) {
-        let txn = db.begin_read().unwrap();
-        let store = ReadOnly::open(&txn).unwrap();
+    fn observe(db: &Store) -> (u32, i64, Vec<i64>) {
+        let reader = db.reader();
+        let store = ReadOnly::open(&reader).unwrap();
         let hash = store.hash_kv(0).unwrap();
         let counts = (store.compacted()..=store.revision())
             .map(|revision| {
@@ -901,33 +947,36 @@ mod tests {
             membership: meta.last_membership.clone(),
             revision: data.revision,
         };
-        install_data(&target, &data, &state).unwrap();
+        install_data(&target, &target.index, &data, &state).unwrap();
         let expected = observe(&source);
         assert_eq!(expected.1, 4);
         assert_eq!(observe(&target), expected);
         // The live table is derived from history, values included.
-        let live = |db: &Database| {
-            let txn = db.begin_read().unwrap();
+        let live = |db: &Store| {
             let request = RangeRequest {
                 key: vec![0],
                 range_end: vec![0],
                 ..Default::default()
             };
-            ReadOnly::open(&txn).unwrap().range(&request).unwrap().kvs
+            ReadOnly::open(&db.reader())
+                .unwrap()
+                .range(&request)
+                .unwrap()
+                .kvs
         };
         assert_eq!(live(&source).len(), 2);
         assert_eq!(live(&target), live(&source));
         // A snapshot whose live keys disagree with its history is refused.
         let mut short = data.clone();
         short.kv.pop();
-        let refused = install_data(&target, &short, &state).unwrap_err();
+        let refused = install_data(&target, &target.index, &short, &state).unwrap_err();
         assert!(refused.to_string().contains("1 live keys"), "{refused}");
         assert_eq!(live(&target), live(&source));
     }
 
     /// Applies one command on top of `revision` in its own transaction.
     fn apply_one(
-        db: &Database,
+        db: &Store,
         revision: i64,
         op: pb::command::Op,
     ) -> (apply::CommandResponse, Vec<mvcc::Change>) {
@@ -937,9 +986,11 @@ mod tests {
             op: Some(op),
             ..Default::default()
         };
-        let response = apply::apply(&txn, revision, &command, &mut changes).unwrap();
+        let (response, after_commit) =
+            apply::apply(&txn, &db.index, revision, &command, &mut changes).unwrap();
         write_applied_state(&txn, None, response.revision, None).unwrap();
         txn.commit().unwrap();
+        after_commit.apply(&db.index);
         (response, changes)
     }
 
@@ -971,14 +1022,14 @@ mod tests {
         }
     }
 
-    fn lease_of(db: &Database, id: i64) -> Option<(i64, i64)> {
+    fn lease_of(db: &Store, id: i64) -> Option<(i64, i64)> {
         let txn = db.begin_read().unwrap();
         let leases = txn.open_table(LEASES).unwrap();
         let record = leases.get(id).unwrap()?;
         encoding::decode_lease(record.value())
     }
 
-    fn keys_of(db: &Database, id: i64) -> Vec<String> {
+    fn keys_of(db: &Store, id: i64) -> Vec<String> {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(LEASE_KEYS).unwrap();
         let mut keys = Vec::new();
@@ -1091,7 +1142,7 @@ mod tests {
             membership: meta.last_membership.clone(),
             revision: data.revision,
         };
-        install_data(&target, &data, &state).unwrap();
+        install_data(&target, &target.index, &data, &state).unwrap();
         assert_eq!(lease_of(&target, 5), Some((60, 42)));
         assert_eq!(lease_of(&target, 9), None);
         assert_eq!(keys_of(&target, 5), ["x", "y"]);

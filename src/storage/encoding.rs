@@ -105,11 +105,18 @@ pub fn decode_event(bytes: &[u8]) -> Option<HistoryEvent> {
     }
 }
 
-/// The key of an event without decoding the rest (compaction reads only keys).
-pub fn event_key(bytes: &[u8]) -> Option<&[u8]> {
-    let rest = bytes.get(1..)?;
+/// The key of an event and whether it is a delete, without decoding the rest (what the key
+/// index is built from).
+pub fn event_key(bytes: &[u8]) -> Option<(&[u8], bool)> {
+    let (tag, rest) = bytes.split_first()?;
+    let delete = match tag {
+        b'P' => false,
+        b'D' => true,
+        _ => return None,
+    };
     let key_len = u32::from_be_bytes(rest.get(32..36)?.try_into().ok()?) as usize;
-    rest.get(HEADER_LEN..HEADER_LEN.checked_add(key_len)?)
+    let key = rest.get(HEADER_LEN..HEADER_LEN.checked_add(key_len)?)?;
+    Some((key, delete))
 }
 
 /// A lease's record: its granted TTL and the remaining TTL of its last checkpoint (0: none),
@@ -206,7 +213,12 @@ mod tests {
     #[test]
     fn event_keys_are_read_without_decoding() {
         let event = encode_event(&HistoryEvent::Put(sample()));
-        assert_eq!(event_key(&event), Some(&b"testkey01"[..]));
+        assert_eq!(event_key(&event), Some((&b"testkey01"[..], false)));
         assert_eq!(event_key(&event[..20]), None);
+        let delete = encode_event(&HistoryEvent::Delete(sample()));
+        assert_eq!(event_key(&delete), Some((&b"testkey01"[..], true)));
+        let mut bad = event;
+        bad[0] = b'X';
+        assert_eq!(event_key(&bad), None);
     }
 }

@@ -9,17 +9,15 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `sm_meta` | `"last_applied"`, `"membership"`, `"revision"` | protobuf / big-endian u64 |
-//! | `kv` | user key | the [`encoding::RevisionKey`] of its live generation's newest put |
 //! | `kv_revisions` | [`encoding::RevisionKey`] (main, sub) big-endian | [`encoding::encode_event`] |
-//! | `kv_index` | (user key, main, sub) | 1 for a tombstone, 0 for a put |
 //! | `leases` | lease ID | [`encoding::encode_lease`]: granted TTL, checkpointed remaining TTL |
 //! | `lease_keys` | (lease ID, user key) | 0: the key is attached to the lease |
 //!
 //! `sm_meta` also holds `"compacted"` (big-endian u64), the revision of the last compaction,
 //! and `"format"` (big-endian u64), the layout of these tables ([`FORMAT`]).
-//! `kv` and `kv_index` are derived from `kv_revisions`, and `lease_keys` from the live keys:
-//! a live key's value is stored once, in its history row, which compaction never removes (it
-//! keeps each key's newest change if that is a put).
+//! Each change is stored once, in its history row; a live key's value is its newest put's
+//! row, which compaction never removes. Which keys are live at a revision is derived from
+//! history in memory (`mvcc/index.rs`), and `lease_keys` from the live keys.
 //!
 //! Architecture Invariant: no other module defines a table or decides a byte layout.
 
@@ -29,9 +27,7 @@ pub mod wal;
 use redb::{ReadableTable, TableDefinition};
 
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const KV_REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_revisions");
-pub const KV_INDEX: TableDefinition<(&[u8], u64, u64), u8> = TableDefinition::new("kv_index");
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), u8> = TableDefinition::new("lease_keys");
 
@@ -41,10 +37,15 @@ pub const META_REVISION: &str = "revision";
 pub const META_COMPACTED: &str = "compacted";
 pub const META_FORMAT: &str = "format";
 
-/// The layout of the tables that this detcd writes and reads. Format 1 (no `"format"` row, up
-/// to 2026-12-03) kept a second copy of every live key-value in `kv`; format 2 keeps only its
-/// revision there. A format 1 database is upgraded when it is opened.
-pub const FORMAT: u64 = 2;
+/// The layout of the tables that this detcd writes and reads. Formats 1 and 2 had two more
+/// tables derived from history: `kv` (each live key with a copy of its key-value in format 1,
+/// with its revision in format 2, up to 2026-12-06) and `kv_index` (every change by key).
+/// Format 3 derives both in memory. An older database is upgraded when it is opened: the two
+/// tables are dropped.
+pub const FORMAT: u64 = 3;
+
+/// The tables of formats 1 and 2 that format 3 drops (by name: their types do not matter).
+const DROPPED_TABLES: [&str; 2] = ["kv", "kv_index"];
 
 /// The database file of a member, inside its data directory.
 pub const DATABASE_FILE: &str = "detcd.redb";
@@ -105,9 +106,7 @@ pub fn begin_write(
 pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     let txn = begin_write(db, redb::Durability::Immediate)?;
     let mut meta = txn.open_table(SM_META)?;
-    txn.open_table(KV)?;
     txn.open_table(KV_REVISIONS)?;
-    txn.open_table(KV_INDEX)?;
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
     let format = match meta.get(META_FORMAT)? {
@@ -119,16 +118,18 @@ pub fn create_tables(db: &redb::Database) -> Result<(), StorageError> {
     };
     match format {
         Some(FORMAT) => {}
+        // Format 1 (no format row), 2, or a new database.
+        None | Some(2) => {
+            for name in DROPPED_TABLES {
+                txn.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))?;
+            }
+            meta.insert(META_FORMAT, encoding::encode_u64(FORMAT).as_slice())?;
+        }
         Some(other) => {
             return Err(StorageError(format!(
                 "{DATABASE_FILE} has data format {other}; this detcd reads format {FORMAT} \
-                 (and upgrades format 1)"
+                 (and upgrades formats 1 and 2)"
             )))
-        }
-        // Format 1, or a new database: its live table is derived again from history.
-        None => {
-            crate::mvcc::rebuild_live_table(&txn)?;
-            meta.insert(META_FORMAT, encoding::encode_u64(FORMAT).as_slice())?;
         }
     }
     drop(meta);
