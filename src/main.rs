@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     use detcd::config::{Config, Invocation, HELP};
     use std::process::ExitCode;
 
+    detcd::env::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::from_args(&args) {
         Ok(Invocation::Help) => {
