@@ -77,16 +77,18 @@ fn refused(error: MvccError) -> Result<ApplyError, StorageError> {
 }
 
 /// Applies one client command on top of `current_revision`, appending what it changed to
-/// `changes` (for watchers). What it answers besides the response is for `index` once `txn`
-/// has committed.
+/// `changes` (for watchers; with the key-values puts replace if `read_prev`). What it answers
+/// besides the response is for `index` once `txn` has committed.
 pub fn apply(
     txn: &WriteTransaction,
     index: &mvcc::Index,
     current_revision: i64,
     command: &Command,
     changes: &mut Vec<mvcc::Change>,
+    read_prev: bool,
 ) -> Result<(CommandResponse, mvcc::AfterCommit), StorageError> {
     let mut writer = Writer::new(txn, index, current_revision)?;
+    writer.set_read_prev(read_prev);
     let response = apply_on(&mut writer, current_revision, command, changes)?;
     Ok((response, writer.finish()))
 }
@@ -418,6 +420,19 @@ fn check_put<S: TxnStore + ?Sized>(
 }
 
 fn do_put(writer: &mut Writer, request: &PutRequest) -> Result<PutResponse, StorageError> {
+    if !(writer.reads_prev() || request.prev_kv || request.ignore_value) {
+        // Nobody needs the value this put replaces: the index has the rest.
+        let live = writer.live(&request.key);
+        let lease = match (live, request.ignore_lease) {
+            (Some(live), true) => live.lease,
+            _ => request.lease,
+        };
+        writer.put_unread(live, &request.key, &request.value, lease)?;
+        return Ok(PutResponse {
+            header: revision_header(writer.revision()),
+            prev_kv: None,
+        });
+    }
     let previous = writer.get(&request.key)?;
     let value: &[u8] = match (&previous, request.ignore_value) {
         (Some(prev), true) => &prev.value,

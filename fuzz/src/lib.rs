@@ -316,6 +316,9 @@ impl Store {
         };
         txn.set_durability(durability).expect("durability");
         let mut changes = Vec::new();
+        // Every other op as with a prev_kv watcher (puts read what they replace), the rest as
+        // without one: the store must end up the same either way.
+        let read_prev = self.ops.is_multiple_of(2);
         let (response, after_commit) = apply::apply(
             &txn,
             &self.index,
@@ -325,6 +328,7 @@ impl Store {
                 ..Default::default()
             },
             &mut changes,
+            read_prev,
         )
         .expect("apply");
         self.ops += 1;
@@ -349,7 +353,29 @@ impl Store {
                         .expect("changes")
                 })
                 .expect("read");
-            assert_eq!(stored, changes, "live changes differ from history");
+            // A change whose previous key-value was left unread has none, and is otherwise the
+            // same.
+            let unread: Vec<mvcc::Change> = stored
+                .iter()
+                .zip(&changes)
+                .map(|(stored, live)| match live.prev_read {
+                    true => stored.clone(),
+                    false => mvcc::Change {
+                        prev: None,
+                        prev_read: false,
+                        ..stored.clone()
+                    },
+                })
+                .collect();
+            assert_eq!(
+                stored.len(),
+                changes.len(),
+                "live changes differ from history"
+            );
+            assert_eq!(unread, changes, "live changes differ from history");
+            if read_prev {
+                assert!(changes.iter().all(|change| change.prev_read));
+            }
         } else {
             assert!(changes.is_empty(), "changes without a new revision");
         }

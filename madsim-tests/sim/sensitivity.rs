@@ -49,7 +49,9 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
                 Box::pin(scenarios::leader_crash_after_ack())
             }),
         ],
-        Bug::WatchSkipsOnResume | Bug::WatchRepeatsOnResume => vec![CHAOS],
+        Bug::WatchSkipsOnResume | Bug::WatchRepeatsOnResume | Bug::CachedPrevUnchecked => {
+            vec![CHAOS]
+        }
         Bug::KeepAliveWithoutQuorum => vec![
             ("partitioned_leader_stops_acknowledging", || {
                 Box::pin(lease::partitioned_leader_stops_acknowledging())

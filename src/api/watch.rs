@@ -26,7 +26,7 @@ use crate::pb::etcdserverpb::{
 use crate::pb::mvccpb::Event;
 use crate::raft::io_error;
 use crate::watch::watcher::{fragments, MAX_REVISIONS_PER_RESPONSE};
-use crate::watch::{Applied, Hub, Watcher};
+use crate::watch::{Applied, Hub, PrevInterest, Watcher};
 
 /// Responses a stream may have queued before its task waits for the client.
 const STREAM_BUFFER: usize = 128;
@@ -76,6 +76,7 @@ impl watch_server::Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_requested: false,
+            prev_interest: None,
             sender,
         };
         tokio::spawn(stream.run(request.into_inner()));
@@ -103,6 +104,9 @@ struct WatchStream {
     next_id: i64,
     /// A `WatchProgressRequest` waits until every watcher is caught up.
     progress_requested: bool,
+    /// Held while a watcher of this stream wants previous key-values (`prev_kv`), so the state
+    /// machine reads them for the hub's cache.
+    prev_interest: Option<PrevInterest>,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
 }
 
@@ -190,6 +194,7 @@ impl WatchStream {
             Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })) => {
                 // etcd answers a cancel only for a watcher it had.
                 if self.watchers.remove(&watch_id).is_some() {
+                    self.update_prev_interest();
                     let mut response = self.response(current.revision, watch_id);
                     response.canceled = true;
                     self.send(response).await?;
@@ -228,6 +233,7 @@ impl WatchStream {
                 response.watch_id = id;
                 self.watchers
                     .insert(id, Watcher::new(id, &create, current.revision));
+                self.update_prev_interest();
             }
             Err(reason) => {
                 response.canceled = true;
@@ -235,6 +241,17 @@ impl WatchStream {
             }
         }
         self.send(response).await
+    }
+
+    /// Holds the stream's interest in previous key-values while one of its watchers has
+    /// `prev_kv`, and only then.
+    fn update_prev_interest(&mut self) {
+        let wanted = self.watchers.values().any(|watcher| watcher.prev_kv);
+        match (wanted, self.prev_interest.is_some()) {
+            (true, false) => self.prev_interest = Some(self.hub.want_prev()),
+            (false, true) => self.prev_interest = None,
+            _ => {}
+        }
     }
 
     /// Sends every watcher up to `MAX_REVISIONS_PER_RESPONSE` of the revisions it is owed up to
@@ -259,7 +276,7 @@ impl WatchStream {
             }
             // Each response: (header revision, events).
             let mut responses: Vec<(i64, Vec<Event>)> = Vec::new();
-            match self.hub.cached(from, to) {
+            match self.hub.cached(from, to, watcher.prev_kv) {
                 Some(revisions) if watcher.synced => {
                     // Live: one response per revision, as etcd's synced watchers.
                     for revision in &revisions {
@@ -316,6 +333,7 @@ impl WatchStream {
     /// `compact_revision`, no reason, and a header without a revision).
     async fn compacted(&mut self, id: i64, compacted: i64) -> Result<(), Gone> {
         self.watchers.remove(&id);
+        self.update_prev_interest();
         let mut response = self.response(0, id);
         response.canceled = true;
         response.compact_revision = compacted;

@@ -66,10 +66,13 @@ pub enum Bug {
     /// invalidated with what it caches): the member's reads look for keys where its old state
     /// had them, missing what the snapshot brought and finding what it removed.
     InstallKeepsIndex,
+    /// The watch cache gives a watcher that wants previous key-values changes that were
+    /// applied without them (while no watcher wanted them): its events lack `prev_kv`.
+    CachedPrevUnchecked,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -86,6 +89,7 @@ impl Bug {
         Bug::AckOnSend,
         Bug::StalledStreamKept,
         Bug::InstallKeepsIndex,
+        Bug::CachedPrevUnchecked,
     ];
 
     #[cfg(madsim)]

@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
-use super::{KeyRange, Revision, Span};
+use super::{KeyRange, Live, Revision, Span};
 use crate::storage::encoding;
 use crate::storage::{StorageError, KV_REVISIONS, SM_META};
 
@@ -55,8 +55,13 @@ impl Entry {
     }
 }
 
-/// A key's retained changes, oldest first.
-type Changes = Vec<Entry>;
+/// A key's retained changes, oldest first, and what a put needs of its newest change if that
+/// is a put.
+#[derive(Debug, Default)]
+struct KeyState {
+    changes: Vec<Entry>,
+    live: Option<Live>,
+}
 
 /// How many times [`Index::read`] tries before it gives up.
 const READ_ATTEMPTS: usize = 1000;
@@ -64,7 +69,7 @@ const READ_ATTEMPTS: usize = 1000;
 /// The index itself; see [`Index`] for the shared handle.
 #[derive(Debug)]
 pub struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, Changes>,
+    keys: BTreeMap<Box<[u8]>, KeyState>,
     /// The revision of the last compaction applied to the index.
     compacted: i64,
     /// Changed by every snapshot install: a reader from before it must start again.
@@ -92,25 +97,34 @@ impl KeyIndex {
         }
     }
 
-    /// Records a change of `key` at `revision`, which must be newer than the key's others.
-    pub(crate) fn add(&mut self, key: &[u8], revision: Revision, tombstone: bool) {
+    /// Records a change of `key` at `revision`, which must be newer than the key's others: a
+    /// put, with what it made of the key (`Some`), or a delete (`None`).
+    pub(crate) fn add(&mut self, key: &[u8], revision: Revision, live: Option<Live>) {
         let entry = Entry {
             main: revision.main,
             sub: u32::try_from(revision.sub).expect("a request changes fewer than 2^32 keys"),
-            tombstone,
+            tombstone: live.is_none(),
         };
         match self.keys.get_mut(key) {
-            Some(changes) => {
-                let last = changes.last().expect("a key in the index has changes");
+            Some(state) => {
+                let last = state
+                    .changes
+                    .last()
+                    .expect("a key in the index has changes");
                 assert!(
                     last.revision() < revision,
                     "index: change at {revision:?} after one at {:?}",
                     last.revision()
                 );
-                changes.push(entry);
+                state.changes.push(entry);
+                state.live = live;
             }
             None => {
-                self.keys.insert(key.into(), vec![entry]);
+                let state = KeyState {
+                    changes: vec![entry],
+                    live,
+                };
+                self.keys.insert(key.into(), state);
             }
         }
     }
@@ -118,8 +132,14 @@ impl KeyIndex {
     /// The revision of `key`'s live generation's newest put at main revision `at`, if the key
     /// is live there.
     pub(crate) fn live_at(&self, key: &[u8], at: i64) -> Option<Revision> {
-        let entry = newest_at(self.keys.get(key)?, at)?;
+        let entry = newest_at(&self.keys.get(key)?.changes, at)?;
         (!entry.tombstone).then(|| entry.revision())
+    }
+
+    /// What a put needs of `key`'s live generation after every change the index has, if the
+    /// key is live.
+    pub(crate) fn live(&self, key: &[u8]) -> Option<Live> {
+        self.keys.get(key)?.live
     }
 
     /// Calls `visit` with the revision of each key of `range` live at `at`, in key order,
@@ -141,8 +161,8 @@ impl KeyIndex {
             Span::From(start) => (Bound::Included(start), Bound::Unbounded),
             Span::Between(start, end) => (Bound::Included(start), Bound::Excluded(end)),
         };
-        for (key, changes) in self.keys.range::<[u8], _>(bounds) {
-            let Some(entry) = newest_at(changes, at).filter(|entry| !entry.tombstone) else {
+        for (key, state) in self.keys.range::<[u8], _>(bounds) {
+            let Some(entry) = newest_at(&state.changes, at).filter(|entry| !entry.tombstone) else {
                 continue;
             };
             if !visit(key, entry.revision()) {
@@ -164,8 +184,10 @@ impl KeyIndex {
     /// The put that was `key`'s live generation just before `revision`, if the index still has
     /// it (what etcd reads at `mod_revision - 1` for a watcher's `prev_kv`).
     pub(crate) fn put_before(&self, key: &[u8], revision: Revision) -> Option<Revision> {
-        let changes = self.keys.get(key)?;
-        let entry = changes
+        let entry = self
+            .keys
+            .get(key)?
+            .changes
             .iter()
             .rev()
             .find(|entry| entry.revision() < revision)?;
@@ -174,8 +196,9 @@ impl KeyIndex {
 
     /// Whether `key` changed after revision `after`, up to main revision `upto`.
     pub(crate) fn changed_after(&self, key: &[u8], after: Revision, upto: i64) -> bool {
-        self.keys.get(key).is_some_and(|changes| {
-            changes
+        self.keys.get(key).is_some_and(|state| {
+            state
+                .changes
                 .iter()
                 .any(|entry| entry.revision() > after && entry.main <= upto)
         })
@@ -196,7 +219,7 @@ impl KeyIndex {
     /// `keyIndex.compact`; a tombstone at exactly `at` stays, so a watch from `at` sees it).
     pub(crate) fn doomed_by(&self, at: i64) -> Vec<Revision> {
         let mut doomed = Vec::new();
-        for changes in self.keys.values() {
+        for KeyState { changes, .. } in self.keys.values() {
             let upto = changes.partition_point(|entry| entry.main <= at);
             if upto == 0 {
                 continue;
@@ -212,7 +235,8 @@ impl KeyIndex {
 
     /// Forgets what compaction at `at` removes from history ([`Self::doomed_by`]).
     fn compact(&mut self, at: i64) {
-        self.keys.retain(|_, changes| {
+        // The newest change stays unless it is a tombstone, so `live` stays true.
+        self.keys.retain(|_, KeyState { changes, .. }| {
             let upto = changes.partition_point(|entry| entry.main <= at);
             if upto > 0 {
                 let newest = changes[upto - 1];
@@ -236,7 +260,7 @@ impl KeyIndex {
         let mut all: Vec<Revision> = self
             .keys
             .values()
-            .flat_map(|changes| changes.iter().map(|entry| entry.revision()))
+            .flat_map(|state| state.changes.iter().map(|entry| entry.revision()))
             .collect();
         all.sort();
         all
@@ -396,8 +420,13 @@ impl KeyIndex {
 fn add_row(keys: &mut KeyIndex, revision: &[u8], event: &[u8]) -> Result<(), StorageError> {
     let corrupt = || StorageError("corrupt history row".into());
     let revision = encoding::decode_revision(revision).ok_or_else(corrupt)?;
-    let (key, tombstone) = encoding::event_key(event).ok_or_else(corrupt)?;
-    keys.add(key, revision, tombstone);
+    let summary = encoding::event_summary(event).ok_or_else(corrupt)?;
+    let live = (!summary.delete).then_some(Live {
+        create_revision: summary.create_revision,
+        version: summary.version,
+        lease: summary.lease,
+    });
+    keys.add(summary.key, revision, live);
     Ok(())
 }
 
@@ -429,13 +458,22 @@ mod tests {
         Revision { main, sub }
     }
 
+    /// A put at `main` (its own generation, for these tests), or a delete.
+    fn put(main: i64, tombstone: bool) -> Option<Live> {
+        (!tombstone).then_some(Live {
+            create_revision: main,
+            version: 1,
+            lease: 0,
+        })
+    }
+
     /// The worked example of `mvcc/mod.rs`: foo across three generations.
     fn foo() -> KeyIndex {
         let mut keys = KeyIndex::default();
         for (main, tombstone) in [(2, false), (3, false), (4, true), (5, false), (6, true)] {
-            keys.add(b"foo", rev(main, 0), tombstone);
+            keys.add(b"foo", rev(main, 0), put(main, tombstone));
         }
-        keys.add(b"foo", rev(7, 0), false);
+        keys.add(b"foo", rev(7, 0), put(7, false));
         keys
     }
 
@@ -476,15 +514,19 @@ mod tests {
             let mut keys = foo();
             let doomed: Vec<i64> = keys.doomed_by(at).iter().map(|r| r.main).collect();
             keys.compact(at);
-            let kept: Vec<i64> = keys.keys[&b"foo"[..]].iter().map(|e| e.main).collect();
+            let kept: Vec<i64> = keys.keys[&b"foo"[..]]
+                .changes
+                .iter()
+                .map(|e| e.main)
+                .collect();
             assert_eq!(kept, left, "compact {at}");
             assert_eq!(doomed.len() + kept.len(), 6, "compact {at}: {doomed:?}");
             assert_eq!(keys.compacted, at);
         }
         // A key whose newest change below the compaction is a tombstone goes entirely.
         let mut keys = KeyIndex::default();
-        keys.add(b"gone", rev(2, 0), false);
-        keys.add(b"gone", rev(3, 0), true);
+        keys.add(b"gone", rev(2, 0), put(2, false));
+        keys.add(b"gone", rev(3, 0), put(3, true));
         keys.compact(4);
         assert_eq!(keys.keys(), 0);
     }
@@ -492,10 +534,10 @@ mod tests {
     #[test]
     fn ranges_visit_live_keys_in_key_order() {
         let mut keys = KeyIndex::default();
-        keys.add(b"a", rev(2, 0), false);
-        keys.add(b"b", rev(2, 1), false);
-        keys.add(b"c", rev(3, 0), false);
-        keys.add(b"b", rev(4, 0), true);
+        keys.add(b"a", rev(2, 0), put(2, false));
+        keys.add(b"b", rev(2, 1), put(2, false));
+        keys.add(b"c", rev(3, 0), put(3, false));
+        keys.add(b"b", rev(4, 0), put(4, true));
         let everything = KeyRange::new(vec![0], vec![0]);
         assert_eq!(
             keys.live_revisions_at(&everything, 4),
@@ -517,7 +559,7 @@ mod tests {
     #[should_panic(expected = "index: change at")]
     fn a_change_older_than_the_newest_is_refused() {
         let mut keys = KeyIndex::default();
-        keys.add(b"a", rev(3, 0), false);
-        keys.add(b"a", rev(2, 0), false);
+        keys.add(b"a", rev(3, 0), put(3, false));
+        keys.add(b"a", rev(2, 0), put(2, false));
     }
 }

@@ -73,13 +73,37 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+/// What a put needs of a key's live generation, which the key index keeps for each live key:
+/// everything but the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl Live {
+    pub fn of(kv: &KeyValue) -> Self {
+        Self {
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
 /// One change a write request made, with the key's live generation before it: what a watch
 /// sends as an event and, when asked, its `prev_kv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub revision: Revision,
     pub event: HistoryEvent,
+    /// The key's live generation before the change (`None`: it had none), if `prev_read`.
     pub prev: Option<KeyValue>,
+    /// Whether `prev` was read. A put leaves it unread (`prev` is then `None`) when no watcher
+    /// of the member asks for previous key-values: reading it from history was a third of the
+    /// applier's time. A watcher that wants it reads these changes from history instead.
+    pub prev_read: bool,
 }
 
 /// Why a read or a compaction at a revision cannot be served (etcd's `mvcc.ErrCompacted` and

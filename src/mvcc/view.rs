@@ -141,6 +141,7 @@ where
                 revision,
                 event,
                 prev,
+                prev_read: with_prev,
             });
         }
         Ok(changes)

@@ -10,7 +10,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::index::{AfterCommit, Index};
 use super::range::{RangeOptions, RangeResult};
 use super::view::{self, View};
-use super::{Change, KeyRange, KeyValue, MvccError, Revision};
+use super::{Change, KeyRange, KeyValue, Live, MvccError, Revision};
 use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, SM_META};
 
@@ -37,6 +37,9 @@ pub struct Writer<'txn> {
     changes: Vec<Change>,
     /// The compactions of this transaction, for the index once it commits.
     compactions: Vec<i64>,
+    /// Whether a put reads the key-value it replaces when its request does not need it (for
+    /// watchers' `prev_kv`; [`Change::prev_read`]).
+    read_prev: bool,
 }
 
 /// What a compaction removed.
@@ -64,7 +67,18 @@ impl<'txn> Writer<'txn> {
             next_sub: 0,
             changes: Vec::new(),
             compactions: Vec::new(),
+            read_prev: true,
         })
+    }
+
+    /// Whether puts read the key-value they replace when their request does not need it
+    /// (default: they do). Off when no watcher wants previous key-values.
+    pub fn set_read_prev(&mut self, read_prev: bool) {
+        self.read_prev = read_prev;
+    }
+
+    pub fn reads_prev(&self) -> bool {
+        self.read_prev
     }
 
     /// Ends the writer; what it answers must be applied to the index once the transaction has
@@ -125,6 +139,12 @@ impl<'txn> Writer<'txn> {
         self.view.live(key, self.revision())
     }
 
+    /// What a put needs of the live generation of `key` (everything but its value), from the
+    /// key index: no read of history.
+    pub fn live(&self, key: &[u8]) -> Option<Live> {
+        self.view.index.read_keys().live(key)
+    }
+
     /// A range read inside this request: at `revision` 0 it sees this request's own earlier
     /// changes (etcd's txn reads do); at an explicit revision it reads that revision's history.
     pub fn range(
@@ -158,6 +178,34 @@ impl<'txn> Writer<'txn> {
         value: &[u8],
         lease: i64,
     ) -> Result<(), StorageError> {
+        // Pair assertion: what the index keeps of the key is what history holds.
+        debug_assert_eq!(self.live(key), previous.map(Live::of), "index and history");
+        let live = previous.map(Live::of);
+        self.write_put(live, key, value, lease, Some(previous.cloned()))
+    }
+
+    /// [`Writer::put_over`] without the key-value it replaces: `live` is [`Writer::live`] of
+    /// the key, and the change leaves its `prev` unread.
+    pub fn put_unread(
+        &mut self,
+        live: Option<Live>,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<(), StorageError> {
+        self.write_put(live, key, value, lease, None)
+    }
+
+    /// A put of `key` over its live generation `previous`; `prev` is the change's previous
+    /// key-value, `None` if unread.
+    fn write_put(
+        &mut self,
+        previous: Option<Live>,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        prev: Option<Option<KeyValue>>,
+    ) -> Result<(), StorageError> {
         let revision = self.next_revision();
         let kv = KeyValue {
             key: key.to_vec(),
@@ -179,27 +227,30 @@ impl<'txn> Writer<'txn> {
         if lease != 0 {
             self.lease_keys.insert((lease, key), 0)?;
         }
-        self.record(revision, HistoryEvent::Put(kv), previous.cloned())
+        self.record(revision, HistoryEvent::Put(kv), prev)
     }
 
+    /// Writes a change to history and the index; `prev` as in [`Writer::write_put`].
     fn record(
         &mut self,
         revision: Revision,
         event: HistoryEvent,
-        prev: Option<KeyValue>,
+        prev: Option<Option<KeyValue>>,
     ) -> Result<(), StorageError> {
         self.view.history.insert(
             encoding::encode_revision(revision).as_slice(),
             encoding::encode_event(&event).as_slice(),
         )?;
-        self.view
-            .index
-            .write()
-            .add(&event.kv().key, revision, event.is_delete());
+        let live = match &event {
+            HistoryEvent::Put(kv) => Some(Live::of(kv)),
+            HistoryEvent::Delete(_) => None,
+        };
+        self.view.index.write().add(&event.kv().key, revision, live);
         self.changes.push(Change {
             revision,
             event,
-            prev,
+            prev_read: prev.is_some(),
+            prev: prev.flatten(),
         });
         Ok(())
     }
@@ -217,7 +268,11 @@ impl<'txn> Writer<'txn> {
                 mod_revision: revision.main,
                 ..KeyValue::default()
             };
-            self.record(revision, HistoryEvent::Delete(tombstone), Some(kv.clone()))?;
+            self.record(
+                revision,
+                HistoryEvent::Delete(tombstone),
+                Some(Some(kv.clone())),
+            )?;
         }
         Ok(doomed)
     }

@@ -575,6 +575,8 @@ impl Applier {
             });
         let db = self.db.clone();
         let index = self.index.clone();
+        // Puts read the value they replace only for a watcher that wants it (`prev_kv`).
+        let read_prev = self.hub.wants_prev();
         let work = move || -> Result<_, io::Error> {
             let txn = storage::begin_write(&db, durability).map_err(io_error)?;
             let mut revision = {
@@ -602,9 +604,12 @@ impl Applier {
                     EntryPayload::Normal(command) => {
                         let writer = match &mut writer {
                             Some(writer) => writer,
-                            None => writer.insert(
-                                mvcc::Writer::new(&txn, &index, revision).map_err(io_error)?,
-                            ),
+                            None => {
+                                let mut new =
+                                    mvcc::Writer::new(&txn, &index, revision).map_err(io_error)?;
+                                new.set_read_prev(read_prev);
+                                writer.insert(new)
+                            }
                         };
                         let response = apply::apply_on(writer, revision, command, &mut changes)
                             .map_err(io_error)?;
@@ -873,7 +878,7 @@ mod tests {
                 ..Default::default()
             };
             let (response, after) =
-                apply::apply(&txn, &db.index, revision, &command, &mut Vec::new()).unwrap();
+                apply::apply(&txn, &db.index, revision, &command, &mut Vec::new(), true).unwrap();
             revision = response.revision;
             after_commit.push(after);
         }
@@ -987,7 +992,7 @@ mod tests {
             ..Default::default()
         };
         let (response, after_commit) =
-            apply::apply(&txn, &db.index, revision, &command, &mut changes).unwrap();
+            apply::apply(&txn, &db.index, revision, &command, &mut changes, true).unwrap();
         write_applied_state(&txn, None, response.revision, None).unwrap();
         txn.commit().unwrap();
         after_commit.apply(&db.index);

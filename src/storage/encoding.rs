@@ -105,18 +105,36 @@ pub fn decode_event(bytes: &[u8]) -> Option<HistoryEvent> {
     }
 }
 
-/// The key of an event and whether it is a delete, without decoding the rest (what the key
-/// index is built from).
-pub fn event_key(bytes: &[u8]) -> Option<(&[u8], bool)> {
+/// An event without its value: what the key index is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSummary<'a> {
+    pub key: &'a [u8],
+    pub delete: bool,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// The [`EventSummary`] of an encoded event, without copying its key or value.
+pub fn event_summary(bytes: &[u8]) -> Option<EventSummary<'_>> {
     let (tag, rest) = bytes.split_first()?;
     let delete = match tag {
         b'P' => false,
         b'D' => true,
         _ => return None,
     };
+    let u64_at = |i: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(rest.get(i..i + 8)?.try_into().ok()?))
+    };
     let key_len = u32::from_be_bytes(rest.get(32..36)?.try_into().ok()?) as usize;
     let key = rest.get(HEADER_LEN..HEADER_LEN.checked_add(key_len)?)?;
-    Some((key, delete))
+    Some(EventSummary {
+        key,
+        delete,
+        create_revision: u64_at(0)? as i64,
+        version: u64_at(16)? as i64,
+        lease: u64_at(24)? as i64,
+    })
 }
 
 /// A lease's record: its granted TTL and the remaining TTL of its last checkpoint (0: none),
@@ -213,12 +231,25 @@ mod tests {
     #[test]
     fn event_keys_are_read_without_decoding() {
         let event = encode_event(&HistoryEvent::Put(sample()));
-        assert_eq!(event_key(&event), Some((&b"testkey01"[..], false)));
-        assert_eq!(event_key(&event[..20]), None);
+        let summary = EventSummary {
+            key: b"testkey01",
+            delete: false,
+            create_revision: 2,
+            version: 3,
+            lease: 0x694d_7f8a_1c2b_3d4e,
+        };
+        assert_eq!(event_summary(&event), Some(summary));
+        assert_eq!(event_summary(&event[..20]), None);
         let delete = encode_event(&HistoryEvent::Delete(sample()));
-        assert_eq!(event_key(&delete), Some((&b"testkey01"[..], true)));
+        assert_eq!(
+            event_summary(&delete),
+            Some(EventSummary {
+                delete: true,
+                ..summary
+            })
+        );
         let mut bad = event;
         bad[0] = b'X';
-        assert_eq!(event_key(&bad), None);
+        assert_eq!(event_summary(&bad), None);
     }
 }

@@ -9,6 +9,7 @@
 //! store and, unless evicted, in the cache.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::env::watch;
@@ -38,6 +39,19 @@ const CACHE_BYTES: usize = 64 << 20;
 pub struct Hub {
     cache: Mutex<Cache>,
     applied: watch::Sender<Applied>,
+    /// How many watch streams have a watcher that wants previous key-values ([`PrevInterest`]).
+    prev_wanted: AtomicUsize,
+}
+
+/// A watch stream's interest in previous key-values (a watcher with `prev_kv`), held while it
+/// lasts: while any is held the state machine reads the key-value each put replaces
+/// ([`crate::mvcc::Change::prev_read`]).
+pub struct PrevInterest(Arc<Hub>);
+
+impl Drop for PrevInterest {
+    fn drop(&mut self) {
+        self.0.prev_wanted.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Recent revisions, contiguous: it answers every revision from `first` to the applied one.
@@ -73,7 +87,20 @@ impl Hub {
                 bytes: 0,
             }),
             applied: sender,
+            prev_wanted: AtomicUsize::new(0),
         })
+    }
+
+    /// Registers a watch stream's interest in previous key-values, until the result is dropped.
+    pub fn want_prev(self: &Arc<Self>) -> PrevInterest {
+        self.prev_wanted.fetch_add(1, Ordering::SeqCst);
+        PrevInterest(self.clone())
+    }
+
+    /// Whether any watch stream wants previous key-values now. Changes applied while none did
+    /// have theirs unread, and [`Hub::cached`] does not give them to one that does.
+    pub fn wants_prev(&self) -> bool {
+        self.prev_wanted.load(Ordering::SeqCst) > 0
     }
 
     /// What the state machine has applied so far.
@@ -156,22 +183,29 @@ impl Hub {
     }
 
     /// The cached changes of revisions `from..=to`, or `None` if the cache no longer holds
-    /// `from` (read the store).
-    pub fn cached(&self, from: i64, to: i64) -> Option<Vec<Arc<RevisionChanges>>> {
+    /// `from`, or (`with_prev`) if one of them was applied without its previous key-value:
+    /// read the store.
+    pub fn cached(&self, from: i64, to: i64, with_prev: bool) -> Option<Vec<Arc<RevisionChanges>>> {
         let cache = self.cache.lock().expect("watch cache");
         if from < cache.first {
             return None;
         }
         let skip = (from - cache.first) as usize;
-        Some(
-            cache
-                .revisions
-                .iter()
-                .skip(skip)
-                .take_while(|revision| revision.revision <= to)
-                .cloned()
-                .collect(),
-        )
+        let revisions: Vec<Arc<RevisionChanges>> = cache
+            .revisions
+            .iter()
+            .skip(skip)
+            .take_while(|revision| revision.revision <= to)
+            .cloned()
+            .collect();
+        let unread = |revision: &Arc<RevisionChanges>| {
+            revision.changes.iter().any(|change| !change.prev_read)
+        };
+        let checked = !crate::env::bugs::enabled(crate::env::bugs::Bug::CachedPrevUnchecked);
+        if with_prev && checked && revisions.iter().any(unread) {
+            return None;
+        }
+        Some(revisions)
     }
 }
 
@@ -189,6 +223,7 @@ mod tests {
                 ..KeyValue::default()
             }),
             prev: None,
+            prev_read: true,
         }
     }
 
@@ -214,9 +249,9 @@ mod tests {
     #[test]
     fn groups_by_revision_and_answers_ranges() {
         let (hub, _stream) = watched_hub();
-        assert_eq!(revisions(hub.cached(2, 5)), Some(vec![]));
+        assert_eq!(revisions(hub.cached(2, 5, false)), Some(vec![]));
         assert_eq!(
-            revisions(hub.cached(1, 5)),
+            revisions(hub.cached(1, 5, false)),
             None,
             "revision 1 is in the store"
         );
@@ -225,10 +260,13 @@ mod tests {
             applied(3),
         );
         assert_eq!(hub.applied(), applied(3));
-        assert_eq!(revisions(hub.cached(2, 3)), Some(vec![(2, 1), (3, 2)]));
-        assert_eq!(revisions(hub.cached(3, 3)), Some(vec![(3, 2)]));
-        assert_eq!(revisions(hub.cached(2, 2)), Some(vec![(2, 1)]));
-        assert_eq!(revisions(hub.cached(4, 9)), Some(vec![]));
+        assert_eq!(
+            revisions(hub.cached(2, 3, false)),
+            Some(vec![(2, 1), (3, 2)])
+        );
+        assert_eq!(revisions(hub.cached(3, 3, false)), Some(vec![(3, 2)]));
+        assert_eq!(revisions(hub.cached(2, 2, false)), Some(vec![(2, 1)]));
+        assert_eq!(revisions(hub.cached(4, 9, false)), Some(vec![]));
     }
 
     #[test]
@@ -238,10 +276,10 @@ mod tests {
         for revision in 2..=last {
             hub.publish(vec![put(revision, 0, "k")], applied(revision));
         }
-        assert_eq!(revisions(hub.cached(11, 11)), None);
-        assert_eq!(revisions(hub.cached(12, 12)), Some(vec![(12, 1)]));
+        assert_eq!(revisions(hub.cached(11, 11, false)), None);
+        assert_eq!(revisions(hub.cached(12, 12, false)), Some(vec![(12, 1)]));
         assert_eq!(
-            hub.cached(12, last).map(|all| all.len()),
+            hub.cached(12, last, false).map(|all| all.len()),
             Some(CACHE_REVISIONS)
         );
     }
@@ -251,10 +289,10 @@ mod tests {
         let (hub, _stream) = watched_hub();
         hub.publish(vec![put(2, 0, "a")], applied(2));
         hub.reset(applied(9));
-        assert_eq!(revisions(hub.cached(2, 9)), None);
-        assert_eq!(revisions(hub.cached(10, 10)), Some(vec![]));
+        assert_eq!(revisions(hub.cached(2, 9, false)), None);
+        assert_eq!(revisions(hub.cached(10, 10, false)), Some(vec![]));
         hub.publish(vec![put(10, 0, "a")], applied(10));
-        assert_eq!(revisions(hub.cached(10, 10)), Some(vec![(10, 1)]));
+        assert_eq!(revisions(hub.cached(10, 10, false)), Some(vec![(10, 1)]));
     }
 
     #[test]
@@ -263,12 +301,37 @@ mod tests {
         hub.publish(vec![put(2, 0, "a")], applied(2));
         assert_eq!(hub.applied(), applied(2));
         assert_eq!(
-            revisions(hub.cached(2, 2)),
+            revisions(hub.cached(2, 2, false)),
             None,
             "revision 2 is in the store"
         );
         let _stream = hub.subscribe();
         hub.publish(vec![put(3, 0, "a")], applied(3));
-        assert_eq!(revisions(hub.cached(3, 3)), Some(vec![(3, 1)]));
+        assert_eq!(revisions(hub.cached(3, 3, false)), Some(vec![(3, 1)]));
+    }
+
+    #[test]
+    fn changes_without_their_previous_key_values_go_only_to_watchers_without_prev_kv() {
+        let (hub, _stream) = watched_hub();
+        assert!(!hub.wants_prev());
+        let unread = Change {
+            prev_read: false,
+            ..put(2, 0, "a")
+        };
+        hub.publish(vec![unread], applied(2));
+        hub.publish(vec![put(3, 0, "a")], applied(3));
+        assert_eq!(
+            revisions(hub.cached(2, 3, false)),
+            Some(vec![(2, 1), (3, 1)])
+        );
+        assert_eq!(revisions(hub.cached(2, 3, true)), None, "read the store");
+        assert_eq!(revisions(hub.cached(3, 3, true)), Some(vec![(3, 1)]));
+        let interest = hub.want_prev();
+        let second = hub.want_prev();
+        assert!(hub.wants_prev());
+        drop(interest);
+        assert!(hub.wants_prev());
+        drop(second);
+        assert!(!hub.wants_prev());
     }
 }

@@ -5,7 +5,7 @@
 
 pub mod hub;
 
-pub use hub::{Applied, Hub, RevisionChanges};
+pub use hub::{Applied, Hub, PrevInterest, RevisionChanges};
 pub mod watcher;
 
 pub use watcher::Watcher;

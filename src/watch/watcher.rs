@@ -120,6 +120,12 @@ impl Watcher {
 /// etcd's event for a change: a put carries the new key-value, a delete the key and the
 /// revision of the delete.
 pub fn event(change: &Change, with_prev: bool) -> Event {
+    assert!(
+        !with_prev
+            || change.prev_read
+            || crate::env::bugs::enabled(crate::env::bugs::Bug::CachedPrevUnchecked),
+        "a change without its previous key-value for a prev_kv watcher: {change:?}"
+    );
     let (kind, kv) = match &change.event {
         HistoryEvent::Put(kv) => (EventType::Put, kv),
         HistoryEvent::Delete(kv) => (EventType::Delete, kv),
@@ -189,6 +195,7 @@ mod tests {
                 value: value.as_bytes().to_vec(),
                 ..KeyValue::default()
             }),
+            prev_read: true,
         }
     }
 
