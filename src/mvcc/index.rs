@@ -392,15 +392,6 @@ impl Index {
             compacted,
         })
     }
-
-    /// How many keys the index holds.
-    pub fn len(&self) -> usize {
-        self.read_keys().keys()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl KeyIndex {
