@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tonic::transport::Server;
 
-use crate::api::forward::Forwarder;
+use crate::api::forward::{ForwardService, Forwarder};
 use crate::api::kv::{KvLimits, KvService};
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
@@ -26,6 +26,7 @@ use crate::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::pb::raft::forward_server::ForwardServer;
 use crate::pb::raft::raft_server::RaftServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::service::RaftService;
@@ -155,8 +156,8 @@ pub async fn run(
     let max_message_bytes = max_request_bytes + GRPC_OVERHEAD_BYTES;
     let forwarder = Forwarder::new(max_message_bytes);
     let (read_indexer, read_queue) = ReadIndexer::new();
-    let kv = |node: &Node| {
-        KvServer::new(KvService::new(
+    let kv_service = |node: &Node| {
+        KvService::new(
             node.clone(),
             forwarder.clone(),
             read_indexer.clone(),
@@ -164,9 +165,12 @@ pub async fn run(
                 max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             },
-        ))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        )
+    };
+    let kv = |node: &Node| {
+        KvServer::new(kv_service(node))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     };
 
     let (stop_tx, stop_rx) = crate::env::watch::channel(false);
@@ -203,6 +207,11 @@ pub async fn run(
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             )
             .add_service(kv(&node))
+            .add_service(
+                ForwardServer::new(ForwardService::new(kv_service(&node), stop_rx.clone()))
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            )
             .add_service(LeaseServer::new(LeaseService::new(
                 node.clone(),
                 forwarder.clone(),

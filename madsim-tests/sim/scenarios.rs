@@ -149,13 +149,17 @@ pub async fn leader_partitioned() -> u64 {
     cluster.trace_hash()
 }
 
-/// A follower whose answers are held for 20 s (its outgoing links clogged: it still hears the
-/// leader, so it never campaigns) has every write 2 s after the heal. The leader's replication
-/// stream to it fills its window with requests nobody answers; over real TCP such a stream can
-/// hang for minutes, and the simulator's connections hold what a clogged link carries and retry
-/// it with a backoff that grows to 10 s. The leader must drop a stream whose oldest request went
-/// unanswered for the TTL and open another, not wait on the old one.
+/// A follower whose answers are held for 27 s (its outgoing links clogged: it still hears the
+/// leader, so it never campaigns) has every write 2 s after the heal, and forwards a write to
+/// the leader within 2 s. The leader's replication stream to it fills its window with requests
+/// nobody answers; over real TCP such a stream can hang for minutes, and the simulator's
+/// connections hold what a clogged link carries and retry it with a backoff that grows to 10 s.
+/// The leader must drop a stream whose oldest request went unanswered for the TTL and open
+/// another, not wait on the old one; the follower the same with its stream of forwarded
+/// requests, whose first request times out.
 pub async fn unanswered_follower_catches_up() -> u64 {
+    /// Forwarded while the follower's links are clogged: fails, or takes effect after the heal.
+    const HELD: &str = "through-the-follower";
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(&ALL).await;
     let follower = (leader + 1) % 3;
@@ -164,6 +168,11 @@ pub async fn unanswered_follower_catches_up() -> u64 {
     for other in others(follower) {
         cluster.clog_one_way(follower, other);
     }
+    let held = cluster.put(follower, HELD, "held").await;
+    assert!(
+        held.is_err(),
+        "a write the follower could not forward was acknowledged"
+    );
     let majority = others(follower);
     for round in 0..4 {
         let prefix = format!("held{round}-");
@@ -175,13 +184,24 @@ pub async fn unanswered_follower_catches_up() -> u64 {
         .wait_until(
             "the follower has every write 2 s after the heal",
             Duration::from_secs(2),
-            || async { cluster.dump(follower).await.is_ok_and(|data| data == acked) },
+            || async {
+                cluster.dump(follower).await.is_ok_and(|mut data| {
+                    data.remove(HELD);
+                    data == acked
+                })
+            },
         )
         .await;
     assert_eq!(
         cluster.agreed_leader(&ALL).await,
         Some(leader),
         "the follower never campaigned"
+    );
+    let forwarded =
+        madsim::time::timeout(Duration::from_secs(2), cluster.put(follower, "after", "v")).await;
+    assert!(
+        matches!(forwarded, Ok(Ok(_))),
+        "the follower forwards a write within 2 s of the heal: {forwarded:?}"
     );
     crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()

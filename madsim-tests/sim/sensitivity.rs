@@ -24,9 +24,11 @@ const CHAOS: Scenario = ("chaos", || Box::pin(chaos::chaos()));
 fn catchers(bug: Bug) -> Vec<Scenario> {
     match bug {
         Bug::AckBeforeDurable => vec![CHAOS],
-        Bug::StalledStreamKept => vec![("unanswered_follower_catches_up", || {
-            Box::pin(scenarios::unanswered_follower_catches_up())
-        })],
+        Bug::StalledStreamKept | Bug::ForwardLinkKept => {
+            vec![("unanswered_follower_catches_up", || {
+                Box::pin(scenarios::unanswered_follower_catches_up())
+            })]
+        }
         Bug::AckOnSend => vec![
             ("leader_partitioned", || {
                 Box::pin(scenarios::leader_partitioned())

@@ -21,7 +21,7 @@ use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
-use crate::pb::raft::{self as pb_raft, command};
+use crate::pb::raft::{self as pb_raft, command, forward_request, forward_response};
 use crate::raft::MemberNode;
 
 /// The request limits of the KV service (`--max-request-bytes`, `--max-txn-ops`).
@@ -133,16 +133,26 @@ impl KvService {
     }
 }
 
-/// Sends `$request` to `$leader`'s `$method` and answers its response as this member's.
+/// Sends `$request` to `$leader` as a `$variant` request and answers its response as this
+/// member's.
 macro_rules! forward_to {
-    ($self:ident, $leader:expr, $method:ident, $request:expr) => {{
-        let mut response = $self
+    ($self:ident, $leader:expr, $variant:ident, $request:expr) => {{
+        let answered = $self
             .forwarder
-            .kv(&$leader)?
-            .$method(forward::mark($request))
+            .kv(
+                &$leader,
+                &$self.node.clock,
+                forward_request::Request::$variant($request),
+            )
             .await
-            .map_err(forward_status)?
-            .into_inner();
+            .map_err(forward_status)?;
+        let forward_response::Response::$variant(mut response) = answered else {
+            return Err(ApiError::Internal(format!(
+                "the leader answered a forwarded {} with {answered:?}",
+                stringify!($variant)
+            ))
+            .into());
+        };
         $self.rewrite_header(&mut response.header);
         return Ok(Response::new(response));
     }};
@@ -182,7 +192,7 @@ impl Kv for KvService {
             && self.node.leader() != Some(self.node.id);
         if !request.serializable && !stale_bug {
             if let Some(leader) = self.barrier(forwarded).await? {
-                forward_to!(self, leader, range, request);
+                forward_to!(self, leader, Range, request);
             }
         }
         let mut response =
@@ -201,7 +211,7 @@ impl Kv for KvService {
             .await?
         {
             Ok(response) => response,
-            Err(leader) => forward_to!(self, leader, put, request),
+            Err(leader) => forward_to!(self, leader, Put, request),
         };
         match response.result {
             CommandResult::Put(mut put) => {
@@ -224,7 +234,7 @@ impl Kv for KvService {
             .await?
         {
             Ok(response) => response,
-            Err(leader) => forward_to!(self, leader, delete_range, request),
+            Err(leader) => forward_to!(self, leader, DeleteRange, request),
         };
         match response.result {
             CommandResult::DeleteRange(mut delete) => {
@@ -247,7 +257,7 @@ impl Kv for KvService {
         if apply::txn_is_read_only(&request) {
             if !apply::txn_is_serializable(&request) {
                 if let Some(leader) = self.barrier(forwarded).await? {
-                    forward_to!(self, leader, txn, request);
+                    forward_to!(self, leader, Txn, request);
                 }
             }
             let mut response =
@@ -260,7 +270,7 @@ impl Kv for KvService {
             .await?
         {
             Ok(response) => response,
-            Err(leader) => forward_to!(self, leader, txn, request),
+            Err(leader) => forward_to!(self, leader, Txn, request),
         };
         match response.result {
             CommandResult::Txn(mut txn) => {
@@ -282,7 +292,7 @@ impl Kv for KvService {
             .await?
         {
             Ok(response) => response,
-            Err(leader) => forward_to!(self, leader, compact, request),
+            Err(leader) => forward_to!(self, leader, Compact, request),
         };
         match response.result {
             CommandResult::Compaction => {}

@@ -69,10 +69,15 @@ pub enum Bug {
     /// The watch cache gives a watcher that wants previous key-values changes that were
     /// applied without them (while no watcher wanted them): its events lack `prev_kv`.
     CachedPrevUnchecked,
+    /// A follower keeps its stream of forwarded requests to the leader after a request on it
+    /// went unanswered for the request timeout: a partition can leave such a stream open with
+    /// its messages held (over TCP for minutes), and after the heal every request the follower
+    /// forwards waits behind them.
+    ForwardLinkKept,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -90,6 +95,7 @@ impl Bug {
         Bug::StalledStreamKept,
         Bug::InstallKeepsIndex,
         Bug::CachedPrevUnchecked,
+        Bug::ForwardLinkKept,
     ];
 
     #[cfg(madsim)]
