@@ -355,15 +355,12 @@ pub const STEADY_FOR: Duration = Duration::from_secs(20);
 /// [`STEADY_RATE`] puts per simulated second for [`STEADY_FOR`] (100 clients, each on its own
 /// connection to a member in turn, one put every 100 ms), and every put must succeed. The
 /// sweep's "simulated seconds per wall second" is the speed figure; the scenario prints the rate
-/// served. Measured: about 670 puts per simulated second, with puts taking 100 ms through the
-/// leader and 200 ms through a follower at that load (250 clients give the same rate). That is
-/// the simulator's limit, not detcd's: madsim-tonic opens a connection for every unary call,
-/// and its server accepts one connection at a time, each after a `rand_delay` sleep that madsim
-/// rounds up to its 1 ms timer grain, so a listener takes at most one request per simulated
-/// millisecond; the leader's requests reached `Node::write` one per millisecond while its log
-/// writer sat idle between one-entry writes, and the rate stayed at 670 with fsyncs of 0, 0.2
-/// or 3 ms, network latencies of 1-2 ms and a 20 ms heartbeat (2026-12-04). Half the offered
-/// rate is the floor this test holds.
+/// served. Measured: 996 puts per simulated second (2026-12-06). Until followers forwarded
+/// writes on one stream (`api/forward.rs`) it was 670: madsim-tonic opens a connection for
+/// every unary call, and its server accepts one connection at a time, each after a
+/// `rand_delay` sleep that madsim rounds up to its 1 ms timer grain, so the leader's listeners
+/// took at most about one request per simulated millisecond, two thirds of them forwarded
+/// writes. Nine tenths of the offered rate is the floor this test holds.
 pub async fn steady_load() -> u64 {
     use detcd::pb::etcdserverpb::kv_client::KvClient;
     use detcd::pb::etcdserverpb::PutRequest;
@@ -412,8 +409,8 @@ pub async fn steady_load() -> u64 {
         done as f64 / STEADY_FOR.as_secs_f64()
     );
     assert!(
-        done * 2 >= offered,
-        "the cluster served under half the offered load: {done} puts of {offered}"
+        done * 10 >= offered * 9,
+        "the cluster served under nine tenths of the offered load: {done} puts of {offered}"
     );
     cluster.record(format!(
         "steady load: {done} puts, {late} slower than {period:?}"
