@@ -15,6 +15,8 @@
 //! call each; keep-alives have streams of their own (`lease.rs`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -189,7 +191,7 @@ impl Link {
                 outgoing.recv().await.map(|request| (request, outgoing))
             });
             let run = async {
-                let mut answers = client.forward(mark(outgoing)).await?.into_inner();
+                let mut answers = client.forward(outgoing).await?.into_inner();
                 while let Some(answer) = answers.message().await? {
                     let waiter = state
                         .lock()
@@ -276,6 +278,15 @@ impl ForwardService {
             stop,
         }
     }
+
+    /// Resolves once the member stops: one wake-up registration for a stream's life, not one
+    /// per message.
+    fn stopped(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut stop = self.stop.clone();
+        Box::pin(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -289,12 +300,12 @@ impl forward_server::Forward for ForwardService {
         let mut requests = request.into_inner();
         let (answers, outgoing) = mpsc::unbounded_channel();
         let kv = Arc::clone(&self.kv);
-        let mut stop = self.stop.clone();
+        let mut stopped = self.stopped();
         tokio::spawn(async move {
             loop {
                 let request = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stopped| *stopped) => break,
+                    _ = &mut stopped => break,
                     request = requests.message() => match request {
                         Ok(Some(request)) => request,
                         _ => break,
@@ -312,15 +323,16 @@ impl forward_server::Forward for ForwardService {
                 });
             }
         });
-        let stop = self.stop.clone();
-        let outgoing =
-            futures::stream::unfold((outgoing, stop), |(mut outgoing, mut stop)| async move {
+        let outgoing = futures::stream::unfold(
+            (outgoing, self.stopped()),
+            |(mut outgoing, mut stopped)| async move {
                 tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stopped| *stopped) => None,
-                    answer = outgoing.recv() => answer.map(|answer| (answer, (outgoing, stop))),
+                    _ = &mut stopped => None,
+                    answer = outgoing.recv() => answer.map(|answer| (answer, (outgoing, stopped))),
                 }
-            });
+            },
+        );
         Ok(Response::new(Box::pin(outgoing)))
     }
 }
