@@ -157,7 +157,11 @@ impl WatchStream {
                 _ = &mut ended => return,
                 message = requests.message(), if requests_open => match message {
                     Ok(Some(request)) => {
-                        if self.handle(request, current).await.is_err() {
+                        // What is applied now, not at the top of this round: a watch created
+                        // after a put's answer must start after that put, and the state
+                        // machine records it before answering but wakes this stream after.
+                        let now = *applied.borrow();
+                        if self.handle(request, now).await.is_err() {
                             return;
                         }
                     }

@@ -68,18 +68,28 @@ impl<T> Sender<T> {
 
     /// Modifies the value in place; notifies receivers if `modify` says it changed it.
     pub fn send_if_modified(&self, modify: impl FnOnce(&mut T) -> bool) -> bool {
-        let modified = {
-            let mut value = self.shared.value.write().expect("watch lock");
-            let modified = modify(&mut value);
-            if modified {
-                self.shared.version.fetch_add(1, Ordering::SeqCst);
-            }
-            modified
-        };
+        let modified = self.store_if_modified(modify);
         if modified {
-            self.shared.notify.notify_waiters();
+            self.notify();
         }
         modified
+    }
+
+    /// Modifies the value in place without waking anyone: a receiver that looks (`borrow`,
+    /// `changed`) sees the new value at once, one already waiting sleeps on until
+    /// [`Sender::notify`]. Answers whether `modify` changed the value.
+    pub fn store_if_modified(&self, modify: impl FnOnce(&mut T) -> bool) -> bool {
+        let mut value = self.shared.value.write().expect("watch lock");
+        let modified = modify(&mut value);
+        if modified {
+            self.shared.version.fetch_add(1, Ordering::SeqCst);
+        }
+        modified
+    }
+
+    /// Wakes every waiting receiver (after [`Sender::store_if_modified`]).
+    pub fn notify(&self) {
+        self.shared.notify.notify_waiters();
     }
 
     pub fn borrow(&self) -> RwLockReadGuard<'_, T> {

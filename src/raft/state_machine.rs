@@ -668,12 +668,21 @@ impl Applier {
         }
         let (changes, lease_events) = changes;
         self.leases.publish(lease_events);
-        self.hub.publish(changes, applied);
+        let answers = batch.iter().any(|(_, responder)| responder.is_some());
+        let wake_later = answers && !changes.is_empty() && self.hub.has_subscribers();
+        self.hub.record(changes, applied);
         for ((_, responder), response) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
                 responder.send(response);
             }
         }
+        if wake_later {
+            // The member runs on one thread: let the answers just sent leave before the watch
+            // streams' events (a hundred watchers' deliveries took ~0.4 ms ahead of the put's
+            // answer, so a serial writer waited for them; watch events/s 1.25x, README).
+            tokio::task::yield_now().await;
+        }
+        self.hub.announce();
         Ok(durable)
     }
 

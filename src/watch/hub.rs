@@ -4,9 +4,10 @@
 //! (etcd's unsynced watchers); nothing is ever dropped to bound memory, only read later.
 //!
 //! Order of operations (what makes "no event lost, none twice" hold): the state machine commits
-//! an applied batch to redb, then [`Hub::publish`]es its changes, which first extends the cache
-//! and only then announces the new revision. So every revision a stream learns of is both in the
-//! store and, unless evicted, in the cache.
+//! an applied batch to redb, then [`Hub::record`]s its changes, which first extends the cache
+//! and only then sets the new revision; it answers the batch's clients and then
+//! [`Hub::announce`]s, which wakes the streams. So every revision a stream learns of is both in
+//! the store and, unless evicted, in the cache.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,17 +109,26 @@ impl Hub {
         *self.applied.borrow()
     }
 
+    /// Whether any watch stream or read is subscribed to this hub's announcements.
+    pub fn has_subscribers(&self) -> bool {
+        self.applied.receiver_count() > 0
+    }
+
     /// A receiver woken whenever the applied revision or the compaction changes.
     pub fn subscribe(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
     }
 
-    /// Records the changes of a committed batch (revisions after the last published one, in
-    /// order) and announces `applied`. With no watch stream open nothing is cached: a stream
-    /// opened later reads what it needs of the past from the store.
-    pub fn publish(&self, changes: Vec<Change>, applied: Applied) {
+    /// Records the changes of a committed batch (revisions after the last recorded one, in
+    /// order) and makes `applied` what the hub reports, waking nobody yet: the state machine
+    /// answers the batch's clients first, then [`Hub::announce`]s it. With no watch stream open
+    /// nothing is cached: a stream opened later reads what it needs of the past from the store.
+    ///
+    /// Recorded before the answers, so a watch a client creates after its put's answer starts
+    /// after that put, and a read that waits for the put's index finds it applied.
+    pub fn record(&self, changes: Vec<Change>, applied: Applied) {
         if self.applied.receiver_count() == 0 {
-            self.reset(applied);
+            self.store(applied);
             return;
         }
         {
@@ -158,15 +168,26 @@ impl Hub {
                 cache.first = applied.revision + 1;
             }
         }
-        self.applied.send_if_modified(|current| {
+        self.applied.store_if_modified(|current| {
             let changed = *current != applied;
             *current = applied;
             changed
         });
     }
 
+    /// Wakes every watch stream and read waiting for what [`Hub::record`] recorded.
+    pub fn announce(&self) {
+        self.applied.notify();
+    }
+
     /// After a snapshot replaced the store: nothing cached is valid any more.
     pub fn reset(&self, applied: Applied) {
+        self.store(applied);
+        self.announce();
+    }
+
+    /// Forgets everything cached and makes `applied` what the hub reports, waking nobody.
+    fn store(&self, applied: Applied) {
         {
             let mut cache = self.cache.lock().expect("watch cache");
             if !cache.revisions.is_empty() {
@@ -175,7 +196,7 @@ impl Hub {
             }
             cache.first = applied.revision + 1;
         }
-        self.applied.send_if_modified(|current| {
+        self.applied.store_if_modified(|current| {
             let changed = *current != applied;
             *current = applied;
             changed
@@ -213,6 +234,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::mvcc::{HistoryEvent, KeyValue, Revision};
+    use std::future::Future;
 
     fn put(main: i64, sub: i64, key: &str) -> Change {
         Change {
@@ -255,7 +277,7 @@ mod tests {
             None,
             "revision 1 is in the store"
         );
-        hub.publish(
+        hub.record(
             vec![put(2, 0, "a"), put(3, 0, "a"), put(3, 1, "b")],
             applied(3),
         );
@@ -274,7 +296,7 @@ mod tests {
         let (hub, _stream) = watched_hub();
         let last = CACHE_REVISIONS as i64 + 11;
         for revision in 2..=last {
-            hub.publish(vec![put(revision, 0, "k")], applied(revision));
+            hub.record(vec![put(revision, 0, "k")], applied(revision));
         }
         assert_eq!(revisions(hub.cached(11, 11, false)), None);
         assert_eq!(revisions(hub.cached(12, 12, false)), Some(vec![(12, 1)]));
@@ -287,18 +309,44 @@ mod tests {
     #[test]
     fn reset_forgets_everything_cached() {
         let (hub, _stream) = watched_hub();
-        hub.publish(vec![put(2, 0, "a")], applied(2));
+        hub.record(vec![put(2, 0, "a")], applied(2));
         hub.reset(applied(9));
         assert_eq!(revisions(hub.cached(2, 9, false)), None);
         assert_eq!(revisions(hub.cached(10, 10, false)), Some(vec![]));
-        hub.publish(vec![put(10, 0, "a")], applied(10));
+        hub.record(vec![put(10, 0, "a")], applied(10));
         assert_eq!(revisions(hub.cached(10, 10, false)), Some(vec![(10, 1)]));
+    }
+
+    /// Counts its wake-ups.
+    struct Wakes(AtomicUsize);
+
+    impl futures::task::ArcWake for Wakes {
+        fn wake_by_ref(this: &Arc<Self>) {
+            this.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn record_wakes_nobody_until_announced_but_shows_at_once() {
+        let (hub, mut stream) = watched_hub();
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        let mut waiting = Box::pin(stream.changed());
+        assert!(waiting.as_mut().poll(&mut context).is_pending());
+        hub.record(vec![put(2, 0, "a")], applied(2));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "recorded, not announced");
+        assert_eq!(hub.applied(), applied(2), "a reader that looks sees it");
+        assert_eq!(hub.subscribe().borrow().revision, 2);
+        hub.announce();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.as_mut().poll(&mut context).is_ready());
     }
 
     #[test]
     fn nothing_is_cached_while_no_stream_watches() {
         let hub = Hub::new(applied(1));
-        hub.publish(vec![put(2, 0, "a")], applied(2));
+        hub.record(vec![put(2, 0, "a")], applied(2));
         assert_eq!(hub.applied(), applied(2));
         assert_eq!(
             revisions(hub.cached(2, 2, false)),
@@ -306,7 +354,7 @@ mod tests {
             "revision 2 is in the store"
         );
         let _stream = hub.subscribe();
-        hub.publish(vec![put(3, 0, "a")], applied(3));
+        hub.record(vec![put(3, 0, "a")], applied(3));
         assert_eq!(revisions(hub.cached(3, 3, false)), Some(vec![(3, 1)]));
     }
 
@@ -318,8 +366,8 @@ mod tests {
             prev_read: false,
             ..put(2, 0, "a")
         };
-        hub.publish(vec![unread], applied(2));
-        hub.publish(vec![put(3, 0, "a")], applied(3));
+        hub.record(vec![unread], applied(2));
+        hub.record(vec![put(3, 0, "a")], applied(3));
         assert_eq!(
             revisions(hub.cached(2, 3, false)),
             Some(vec![(2, 1), (3, 1)])
