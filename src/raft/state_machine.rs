@@ -11,8 +11,8 @@
 //! Pipelining: openraft hands each committed range to [`RaftStateMachine::apply`], which queues
 //! it for this member's applier task and returns. The applier takes everything queued, applies
 //! it in one redb transaction off the async path (`env::blocking`: another thread in real mode),
-//! commits, and only then answers the clients and announces the batch ([`Applied`], with its log
-//! index). So openraft's `last_applied` runs ahead of what readers can see, and nothing waits on
+//! commits, and only then records the batch in the hub ([`Applied`], with its log index),
+//! answers the clients and announces it to the watch streams. So openraft's `last_applied` runs ahead of what readers can see, and nothing waits on
 //! it: reads wait for the hub's applied index ([`crate::node::Node::await_applied`]), and every
 //! call that needs the store to be up to date (a snapshot build or install, `applied_state`,
 //! `sync`) first drains the queue (`Work::Barrier`). A batch of one or two entries (a single
