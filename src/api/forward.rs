@@ -187,9 +187,7 @@ impl Link {
         let link = Link { requests, state };
         let state = Arc::clone(&link.state);
         tokio::spawn(async move {
-            let outgoing = futures::stream::unfold(outgoing, |mut outgoing| async move {
-                outgoing.recv().await.map(|request| (request, outgoing))
-            });
+            let outgoing = super::received_unbounded(outgoing);
             let run = async {
                 let mut answers = client.forward(outgoing).await?.into_inner();
                 while let Some(answer) = answers.message().await? {

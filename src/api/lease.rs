@@ -190,9 +190,7 @@ impl LeaseService {
     async fn open_forwarded(&self, leader: MemberNode) -> Result<ForwardedKeepAlives, Status> {
         let mut client = self.forwarder.lease(&leader)?;
         let (requests, outgoing) = mpsc::channel(1);
-        let outgoing = futures::stream::unfold(outgoing, |mut outgoing| async move {
-            outgoing.recv().await.map(|request| (request, outgoing))
-        });
+        let outgoing = super::received(outgoing);
         let responses = client
             .lease_keep_alive(forward::mark(outgoing))
             .await?
@@ -324,10 +322,7 @@ impl Lease for LeaseService {
                 }
             }
         });
-        let responses = futures::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|response| (response, receiver))
-        });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(super::received(receiver))))
     }
 
     async fn lease_time_to_live(

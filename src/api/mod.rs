@@ -17,6 +17,7 @@ pub mod watch;
 use std::pin::Pin;
 
 use futures::Stream;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{ApplyOutcome, ReadOnly, ReadView};
@@ -51,6 +52,25 @@ pub async fn read_store<T: Send + 'static>(
 
 /// A server stream of `T` (what streaming RPCs return).
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// What `receiver` receives, as a stream that ends once every sender is gone: the messages a
+/// task hands to a gRPC stream.
+pub fn received<T: Send + 'static>(
+    receiver: mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+/// [`received`] for an unbounded channel.
+pub fn received_unbounded<T: Send + 'static>(
+    receiver: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
 
 /// The services of etcd's API that detcd does not implement yet.
 #[derive(Debug, Default, Clone, Copy)]

@@ -80,10 +80,7 @@ impl watch_server::Watch for WatchService {
             sender,
         };
         tokio::spawn(stream.run(request.into_inner()));
-        let responses = futures::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|response| (response, receiver))
-        });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(super::received(receiver))))
     }
 }
 

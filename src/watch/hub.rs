@@ -127,7 +127,7 @@ impl Hub {
     /// Recorded before the answers, so a watch a client creates after its put's answer starts
     /// after that put, and a read that waits for the put's index finds it applied.
     pub fn record(&self, changes: Vec<Change>, applied: Applied) {
-        if self.applied.receiver_count() == 0 {
+        if !self.has_subscribers() {
             self.store(applied);
             return;
         }
