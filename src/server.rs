@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tonic::transport::Server;
 
+use crate::api::cluster::ClusterService;
 use crate::api::forward::{ForwardService, Forwarder};
 use crate::api::kv::{KvLimits, KvService};
 use crate::api::lease::LeaseService;
@@ -82,11 +83,32 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
             let member = MemberNode {
                 name,
                 peer_url,
-                client_url: String::new(),
+                client_urls: Vec::new(),
             };
             (id, member)
         })
         .collect()
+}
+
+/// What damage to its file opening the database failed on, if any.
+#[derive(Debug, PartialEq, Eq)]
+enum Damage {
+    /// A page whose checksum fails (redb says corrupted).
+    Pages,
+    /// A header that is not redb's any more: the file is detcd's own, so nothing else was there.
+    Header,
+}
+
+fn damage(error: &redb::DatabaseError) -> Option<Damage> {
+    match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => Some(Damage::Pages),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Some(Damage::Header)
+        }
+        _ => None,
+    }
 }
 
 /// Serves `router` on `addr` (the `kind` listener: client or peer) until `stop` turns true.
@@ -122,12 +144,16 @@ pub async fn run(
         crate::env::blocking(move || opener.open_database(DATABASE_FILE))
             .await
             .map_err(|e| {
-                let hint = match e {
-                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                let hint = match damage(&e) {
+                    Some(Damage::Pages) => {
                         "; this member's data cannot be trusted: the member must be replaced, \
                          not restarted on it"
                     }
-                    _ => "",
+                    Some(Damage::Header) => {
+                        "; its header is corrupted: this member's data cannot be trusted: the \
+                         member must be replaced, not restarted on it"
+                    }
+                    None => "",
                 };
                 StorageError(format!(
                     "open {DATABASE_FILE} on {}: {e}{hint}",
@@ -195,7 +221,10 @@ pub async fn run(
                 node.clone(),
                 forwarder.clone(),
             )))
-            .add_service(ClusterServer::new(NotYetImplemented))
+            .add_service(ClusterServer::new(ClusterService::new(
+                node.clone(),
+                kv_service(&node),
+            )))
             .add_service(AuthServer::new(NotYetImplemented));
         servers.push(spawn_listener("client", router, *addr, stop_rx.clone()));
     }
@@ -224,6 +253,12 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let lessor = tokio::spawn(crate::node::lessor::run(node.clone(), stop_rx.clone()));
+    let publisher = tokio::spawn(crate::api::cluster::publish(
+        node.clone(),
+        forwarder.clone(),
+        config.advertise_client_urls.clone(),
+        stop_rx.clone(),
+    ));
     let read_indexes = tokio::spawn(crate::api::read_index::run(
         node.clone(),
         forwarder.clone(),
@@ -245,6 +280,28 @@ pub async fn run(
     let _ = compactor.await;
     let _ = lessor.await;
     let _ = read_indexes.await;
+    let _ = publisher.await;
     node.shutdown().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{damage, Damage};
+
+    #[test]
+    fn a_database_whose_header_is_not_redbs_is_damaged() {
+        let storage = |e: redb::StorageError| redb::DatabaseError::Storage(e);
+        let checksum = storage(redb::StorageError::Corrupted("checksum".into()));
+        assert_eq!(damage(&checksum), Some(Damage::Pages));
+        // What redb answers for a flipped bit in its magic number.
+        let not_redb = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "Not a redb database: magic number mismatch",
+        );
+        let not_redb = storage(redb::StorageError::Io(not_redb));
+        assert_eq!(damage(&not_redb), Some(Damage::Header));
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space");
+        assert_eq!(damage(&storage(redb::StorageError::Io(full))), None);
+    }
 }

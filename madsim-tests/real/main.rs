@@ -9,6 +9,8 @@
 //!   leader's process is SIGKILLed, writes go on through the others, the member comes back and
 //!   catches up.
 //! - `kill_9_loses_no_acknowledged_write`, `sigterm_stops_cleanly`, `help_lists_flags`.
+//! - `cluster.rs`: `member list` as etcd prints it; a 3-member cluster lists every member's
+//!   client URL, which `endpoint health --cluster` reaches.
 //!
 //! etcd and etcdctl come from Debian's `etcd-server` and `etcd-client` (the test command installs
 //! them). Processes are started here and stopped by PID.
@@ -18,6 +20,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod cluster;
 mod harness;
 mod lease_client;
 mod transcript;

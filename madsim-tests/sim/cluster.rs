@@ -15,11 +15,13 @@ use std::time::Duration;
 use detcd::config::{Config, Invocation};
 use detcd::env::sim_disk::CrashMode;
 use detcd::env::{Clock, Disk, SimDisk};
+use detcd::pb::etcdserverpb::cluster_client::ClusterClient;
 use detcd::pb::etcdserverpb::kv_client::KvClient;
 use detcd::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use detcd::pb::etcdserverpb::{
-    request_op, CompactionRequest, DeleteRangeRequest, HashKvRequest, HashKvResponse, PutRequest,
-    RangeRequest, RequestOp, StatusRequest, StatusResponse, TxnRequest,
+    request_op, CompactionRequest, DeleteRangeRequest, HashKvRequest, HashKvResponse,
+    MemberListRequest, MemberListResponse, PutRequest, RangeRequest, RequestOp, StatusRequest,
+    StatusResponse, TxnRequest,
 };
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -413,6 +415,17 @@ impl Cluster {
     }
 
     /// `member`'s `HashKV` at `revision` (0: its current one), from its own state.
+    /// `member`'s list of the cluster's members (etcd's `MemberList`, serializable).
+    pub async fn member_list(&self, member: usize) -> Outcome<MemberListResponse> {
+        self.on_client(member, Duration::from_secs(2), move |channel| async move {
+            let response = ClusterClient::new(channel)
+                .member_list(MemberListRequest::default())
+                .await?;
+            Ok(response.into_inner())
+        })
+        .await
+    }
+
     pub async fn hash_kv(&self, member: usize, revision: i64) -> Outcome<HashKvResponse> {
         self.on_client(member, Duration::from_secs(2), move |channel| async move {
             let response = MaintenanceClient::new(channel)

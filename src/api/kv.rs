@@ -81,7 +81,7 @@ impl KvService {
     /// follower that means asking the leader for a read index and applying up to it; answers the
     /// leader to forward the whole read to instead if the leader cannot give read indexes (a
     /// member of an older version).
-    async fn barrier(&self, forwarded: bool) -> Result<Option<MemberNode>, Status> {
+    pub(crate) async fn barrier(&self, forwarded: bool) -> Result<Option<MemberNode>, Status> {
         let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
         match self.node.read_barrier().await {
             Ok(()) => Ok(None),

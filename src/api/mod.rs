@@ -4,6 +4,7 @@
 //! pretends to work. They are written out explicitly (the simulated codegen of madsim-tonic has
 //! no default stubs), so real and simulated builds serve exactly the same code.
 
+pub mod cluster;
 pub mod convert;
 pub mod forward;
 pub mod kv;
@@ -89,14 +90,6 @@ macro_rules! not_yet_implemented {
         }
     };
 }
-
-not_yet_implemented!(cluster_server::Cluster {
-    member_add(MemberAddRequest) -> MemberAddResponse;
-    member_remove(MemberRemoveRequest) -> MemberRemoveResponse;
-    member_update(MemberUpdateRequest) -> MemberUpdateResponse;
-    member_list(MemberListRequest) -> MemberListResponse;
-    member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
-});
 
 not_yet_implemented!(auth_server::Auth {
     auth_enable(AuthEnableRequest) -> AuthEnableResponse;

@@ -24,7 +24,7 @@ use crate::pb::raft::Command;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::{DetcdRaft, MemberNode, Membership};
+use crate::raft::{DetcdRaft, MemberNode, Membership, Published};
 use crate::storage::{self, StorageError};
 
 /// How long a request waits for Raft before it answers `etcdserver: request timed out`
@@ -229,6 +229,29 @@ impl Node {
             .membership()
             .get_node(&id)
             .cloned()
+    }
+
+    /// The members, by ID, as this member knows them (the membership entry it appended last),
+    /// each with whether it is a learner.
+    pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone(), !voters.contains(id)))
+            .collect()
+    }
+
+    /// Whether the committed membership already holds these client URLs for this member.
+    pub fn published(&self, client_urls: &[String]) -> bool {
+        crate::raft::published(&self.raft, self.id, client_urls)
+    }
+
+    /// Records this member's client URLs in the membership, if this member leads.
+    pub async fn publish_as_leader(&self, client_urls: Vec<String>) -> Published {
+        crate::raft::publish(&self.raft, self.id, client_urls).await
     }
 
     /// Who to forward to, or that there is no leader.

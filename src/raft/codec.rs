@@ -79,7 +79,7 @@ pub fn membership_to_pb(membership: &Membership) -> pb::Membership {
                     pb::Member {
                         name: node.name.clone(),
                         peer_url: node.peer_url.clone(),
-                        client_url: node.client_url.clone(),
+                        client_urls: node.client_urls.clone(),
                     },
                 )
             })
@@ -102,7 +102,7 @@ pub fn membership_from_pb(membership: &pb::Membership) -> Result<Membership, Dec
                 MemberNode {
                     name: member.name.clone(),
                     peer_url: member.peer_url.clone(),
-                    client_url: member.client_url.clone(),
+                    client_urls: member.client_urls.clone(),
                 },
             )
         })
@@ -314,7 +314,10 @@ mod tests {
                 MemberNode {
                     name: "a".into(),
                     peer_url: "http://10.0.0.1:2380".into(),
-                    client_url: "http://10.0.0.1:2379".into(),
+                    client_urls: vec![
+                        "http://10.0.0.1:2379".into(),
+                        "http://10.0.0.1:22379".into(),
+                    ],
                 },
             ),
             (

@@ -11,11 +11,12 @@ pub mod network;
 pub mod service;
 pub mod state_machine;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy};
 
 use crate::apply::CommandResponse;
 use crate::pb::raft::{command, Command};
@@ -25,7 +26,8 @@ use crate::pb::raft::{command, Command};
 pub struct MemberNode {
     pub name: String,
     pub peer_url: String,
-    pub client_url: String,
+    /// Its advertised client URLs, once it has published them ([`publish`]); empty until then.
+    pub client_urls: Vec<String>,
 }
 
 impl fmt::Display for Command {
@@ -106,4 +108,70 @@ pub async fn read_index(
     }
     let linearizer = raft.get_read_linearizer(ReadPolicy::ReadIndex).await?;
     Ok(linearizer.read_log_id().index())
+}
+
+/// What asking a member to [`publish`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The membership, as committed, holds those client URLs.
+    Done,
+    /// This member does not lead: ask the leader.
+    NotLeader,
+    /// Not a member of the cluster: membership changes (`MemberAdd`) are not served.
+    UnknownMember,
+    /// Raft has stopped on this member.
+    Stopped(String),
+    /// Not now (another membership entry is not committed yet, the leader has not committed an
+    /// entry of its term yet, or leadership moved while it was proposed): ask again.
+    Retry(String),
+}
+
+/// Whether the committed membership gives member `id` exactly these client URLs.
+pub fn published(raft: &DetcdRaft, id: u64, client_urls: &[String]) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    let membership = &metrics.membership_config;
+    let committed = membership.log_id().as_ref() <= metrics.last_applied.as_ref();
+    committed
+        && membership
+            .membership()
+            .get_node(&id)
+            .is_some_and(|node| node.client_urls == client_urls)
+}
+
+/// Records member `id`'s client URLs in the membership, as etcd's members publish their
+/// attributes through Raft when they start: one membership entry that moves no voter and
+/// changes nothing else of any member (openraft's `SetNodes` for that one member, taken from
+/// the leader's current membership). Only the leader can propose it; answers once it is
+/// committed.
+pub async fn publish(raft: &DetcdRaft, id: u64, client_urls: Vec<String>) -> Published {
+    if published(raft, id, &client_urls) {
+        return Published::Done;
+    }
+    let node = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.current_leader != Some(metrics.id) {
+            return Published::NotLeader;
+        }
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    };
+    let Some(node) = node else {
+        return Published::UnknownMember;
+    };
+    let node = MemberNode {
+        client_urls,
+        ..node
+    };
+    let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+    match raft.change_membership(change, false).await {
+        Ok(_) => Published::Done,
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Published::NotLeader,
+        Err(RaftError::APIError(other)) => Published::Retry(other.to_string()),
+        Err(RaftError::Fatal(fatal)) => Published::Stopped(fatal.to_string()),
+    }
 }

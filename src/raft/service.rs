@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use openraft::error::RaftError;
 
 use super::codec;
-use super::{DetcdRaft, Snapshot};
+use super::{DetcdRaft, Published, Snapshot};
 use crate::env::Duration;
 use crate::pb::raft as pb;
 use crate::pb::raft::raft_server::Raft;
@@ -121,6 +121,28 @@ impl Raft for RaftService {
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(codec::vote_to_pb(&response.vote)),
         }))
+    }
+
+    /// A member's client URLs, recorded in the membership if this member leads.
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let request = request.into_inner();
+        let request_id = request.member_id;
+        let publish = super::publish(&self.raft, request_id, request.client_urls);
+        match tokio::time::timeout(self.request_timeout, publish).await {
+            Err(_elapsed) => Err(Status::deadline_exceeded(
+                "publish: the membership entry was not committed within the request timeout",
+            )),
+            Ok(Published::Done) => Ok(Response::new(pb::PublishResponse { leader: true })),
+            Ok(Published::NotLeader) => Ok(Response::new(pb::PublishResponse { leader: false })),
+            Ok(Published::UnknownMember) => Err(Status::failed_precondition(format!(
+                "publish: member {:x} is not in the cluster",
+                request_id
+            ))),
+            Ok(Published::Retry(reason) | Published::Stopped(reason)) => Err(unavailable(reason)),
+        }
     }
 
     /// A follower's linearizable read: confirms this member leads and answers the index the
