@@ -1,6 +1,7 @@
 //! etcd's `Cluster` service through etcdctl: `member list` prints what etcd 3.4 prints (IDs and
 //! ports aside), and a 3-member cluster lists every member with the client URL it advertises,
-//! which `endpoint health --cluster` then reaches.
+//! which `endpoint health --cluster` and `endpoint status --cluster` then reach (etcdctl dials
+//! those by URL, so their requests carry the URL as HTTP/2 `:authority`: `env/authority.rs`).
 
 use std::time::Duration;
 
@@ -79,6 +80,26 @@ fn a_cluster_lists_every_member_with_its_client_url() {
         "every member reached through its listed URL: {health}"
     );
     assert!(health.ends_with("exit 0\n"), "{health}");
+    let status = etcdctl(
+        &all[0],
+        &["endpoint", "status", "--cluster"].map(String::from),
+    );
+    for endpoint in &all {
+        assert!(
+            status.contains(&format!("http://{endpoint}, ")),
+            "{endpoint}'s status: {status}"
+        );
+    }
+    assert!(status.ends_with("exit 0\n"), "{status}");
+    // A URL as the endpoint, as etcd's docs write them.
+    let status = etcdctl(
+        &format!("http://{}", all[1]),
+        &["endpoint".into(), "status".into()],
+    );
+    assert!(
+        status.starts_with(&format!("http://{}, ", all[1])) && status.ends_with("exit 0\n"),
+        "{status}"
+    );
     let unsupported = etcdctl(&all[0], &["member", "remove", "1"].map(String::from));
     assert!(
         unsupported.contains("Unimplemented") && unsupported.ends_with("exit 1\n"),

@@ -8,6 +8,8 @@
 //! Architecture Invariant: no file outside `src/env/` names `std::time`, `std::thread`, `std::fs`,
 //! `std::net`, `rand` or `spawn_blocking` (enforced by `.clippy.toml` and the tidy test).
 
+#[cfg(not(madsim))]
+pub mod authority;
 pub mod bugs;
 pub mod clock;
 pub mod disk;

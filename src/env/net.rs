@@ -10,6 +10,10 @@
 //! 100 `writev` calls (one per event of ~330 bytes) and is now one per connection. The price:
 //! a frame of 1 KiB or more goes out in two writes (head, then payload) instead of one.
 //!
+//! Its inbound bytes go through [`super::authority::AuthorityFix`], so that a request whose
+//! `:authority` is a URL (etcdctl's `endpoint status` with URL endpoints) is served as etcd
+//! serves it instead of being reset by h2.
+//!
 //! Under `--cfg madsim`, tonic's simulated server binds the address itself (no h2 there).
 
 use crate::env::SocketAddr;
@@ -28,7 +32,7 @@ pub async fn serve(
         let incoming = TcpIncoming::bind(addr)
             .map_err(|e| format!("bind: {e}"))?
             .with_nodelay(Some(true))
-            .map_ok(real::Coalescing);
+            .map_ok(real::Coalescing::new);
         router
             .serve_with_incoming_shutdown(incoming, signal)
             .await
@@ -53,9 +57,35 @@ mod real {
     use tokio::net::TcpStream;
     use tonic::transport::server::{Connected, TcpConnectInfo};
 
+    use crate::env::authority::AuthorityFix;
+
+    /// How much one read from the socket takes at most.
+    const READ_BYTES: usize = 8 * 1024;
+
     /// An accepted connection that reports no vectored writes, so that h2 buffers small
-    /// frames of many streams into one write (module docs). Everything else is the socket's.
-    pub struct Coalescing(pub TcpStream);
+    /// frames of many streams into one write, and whose inbound URL authorities are fixed
+    /// (module docs). Everything else is the socket's.
+    pub struct Coalescing {
+        stream: TcpStream,
+        fix: AuthorityFix,
+        /// What the socket gave last.
+        read: Vec<u8>,
+        /// What h2 may read, from `ready_at` on.
+        ready: Vec<u8>,
+        ready_at: usize,
+    }
+
+    impl Coalescing {
+        pub fn new(stream: TcpStream) -> Self {
+            Self {
+                stream,
+                fix: AuthorityFix::default(),
+                read: vec![0; READ_BYTES],
+                ready: Vec::new(),
+                ready_at: 0,
+            }
+        }
+    }
 
     impl AsyncRead for Coalescing {
         fn poll_read(
@@ -63,7 +93,26 @@ mod real {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
+            let this = &mut *self;
+            loop {
+                if this.ready_at < this.ready.len() {
+                    let n = buf.remaining().min(this.ready.len() - this.ready_at);
+                    buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                    this.ready_at += n;
+                    if this.ready_at == this.ready.len() {
+                        this.ready.clear();
+                        this.ready_at = 0;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                let mut read = ReadBuf::new(&mut this.read);
+                std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+                if read.filled().is_empty() {
+                    // End of stream: h2 sees it (a partial frame held back is lost with it).
+                    return Poll::Ready(Ok(()));
+                }
+                this.fix.feed(read.filled(), &mut this.ready);
+            }
         }
     }
 
@@ -73,15 +122,15 @@ mod real {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_write(cx, buf)
+            Pin::new(&mut self.stream).poll_write(cx, buf)
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
+            Pin::new(&mut self.stream).poll_flush(cx)
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
+            Pin::new(&mut self.stream).poll_shutdown(cx)
         }
 
         fn is_write_vectored(&self) -> bool {
@@ -93,7 +142,7 @@ mod real {
         type ConnectInfo = TcpConnectInfo;
 
         fn connect_info(&self) -> Self::ConnectInfo {
-            self.0.connect_info()
+            self.stream.connect_info()
         }
     }
 }
