@@ -164,20 +164,20 @@ fn authority_fixes(block: &[u8]) -> Option<Vec<(usize, usize, Vec<u8>)>> {
         let (name_index, after) = integer(block, at, prefix)?;
         at = after;
         let is_authority = if name_index == 0 {
-            let (name, after) = string(block, at)?;
-            at = after;
-            name == b":authority"
+            let name = Literal::at(block, at)?;
+            at = name.end;
+            name.decode(block)? == b":authority"
         } else {
             name_index == 1
         };
-        let value_at = at;
-        let (value, after) = string(block, at)?;
-        at = after;
+        let value = Literal::at(block, at)?;
+        // Only an authority's value is decoded: the other literals are skipped over.
         if is_authority {
-            if let Some(authority) = authority_of_url(&value) {
-                fixes.push((value_at, at, authority));
+            if let Some(authority) = authority_of_url(&value.decode(block)?) {
+                fixes.push((at, value.end, authority));
             }
         }
+        at = value.end;
     }
     Some(fixes)
 }
@@ -205,18 +205,35 @@ fn integer(block: &[u8], at: usize, prefix_bits: u32) -> Option<(usize, usize)> 
     }
 }
 
-/// HPACK's string literal at `block[at]` (RFC 7541 5.2), decoded; and where it ends.
-fn string(block: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
-    let huffman = *block.get(at)? & 0x80 != 0;
-    let (length, start) = integer(block, at, 7)?;
-    let end = start.checked_add(length)?;
-    let bytes = block.get(start..end)?;
-    if !huffman {
-        return Some((bytes.to_vec(), end));
+/// Where HPACK's string literal at `block[at]` (RFC 7541 5.2) is.
+struct Literal {
+    huffman: bool,
+    start: usize,
+    end: usize,
+}
+
+impl Literal {
+    fn at(block: &[u8], at: usize) -> Option<Literal> {
+        let huffman = *block.get(at)? & 0x80 != 0;
+        let (length, start) = integer(block, at, 7)?;
+        let end = start.checked_add(length)?;
+        (end <= block.len()).then_some(Literal {
+            huffman,
+            start,
+            end,
+        })
     }
-    let mut decoded = Vec::new();
-    httlib_huffman::decode(bytes, &mut decoded, httlib_huffman::DecoderSpeed::FourBits).ok()?;
-    Some((decoded, end))
+
+    /// Its bytes, Huffman-decoded if they are coded; `None` if they do not decode.
+    fn decode(&self, block: &[u8]) -> Option<Vec<u8>> {
+        let bytes = &block[self.start..self.end];
+        if !self.huffman {
+            return Some(bytes.to_vec());
+        }
+        let mut decoded = Vec::new();
+        httlib_huffman::decode(bytes, &mut decoded, httlib_huffman::DecoderSpeed::FourBits).ok()?;
+        Some(decoded)
+    }
 }
 
 /// A plain (not Huffman-coded) string literal.
@@ -383,7 +400,9 @@ mod tests {
     fn any_bytes_in_any_pieces_give_the_same_output() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             (state >> 33) as usize
         };
         for _ in 0..300 {
