@@ -7,6 +7,10 @@
 //! a connection's inbound bytes and rewrites such a value to the URL's host and port; every
 //! other byte passes unchanged.
 //!
+//! A connection's authority is the same for all its requests, so once a connection's first
+//! header block has needed no fix, nothing more of it is examined: [`AuthorityFix::examining`]
+//! turns false and the socket's bytes go to h2 directly.
+//!
 //! Only a HEADERS frame that holds a whole header block (END_HEADERS) is examined. Its HPACK
 //! block is walked representation by representation; an `:authority` literal (static name
 //! index 1, or the name spelled out) whose value, Huffman-coded or not, starts with `http://`
@@ -35,6 +39,8 @@ pub struct AuthorityFix {
     preface: usize,
     /// Bytes of the current frame's payload still to pass unexamined.
     passing: usize,
+    /// False once a header block has needed no fix: everything after it passes as it is.
+    examining: bool,
 }
 
 impl Default for AuthorityFix {
@@ -43,11 +49,18 @@ impl Default for AuthorityFix {
             held: Vec::new(),
             preface: PREFACE_LEN,
             passing: 0,
+            examining: true,
         }
     }
 }
 
 impl AuthorityFix {
+    /// Whether bytes still need to go through [`AuthorityFix::feed`]: false once a header
+    /// block needed no fix and nothing is held back.
+    pub fn examining(&self) -> bool {
+        self.examining || !self.held.is_empty()
+    }
+
     /// Takes bytes just read from the connection; appends to `out` what h2 may read now.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         if self.held.is_empty() {
@@ -75,6 +88,10 @@ impl AuthorityFix {
                 *skip -= n;
                 data = &data[n..];
             }
+            if !self.examining {
+                out.extend_from_slice(data);
+                return &[];
+            }
             if data.is_empty() || self.preface > 0 || self.passing > 0 {
                 return data;
             }
@@ -94,11 +111,19 @@ impl AuthorityFix {
             };
             match rewrite_headers(frame) {
                 Some(fixed) => out.extend_from_slice(&fixed),
-                None => out.extend_from_slice(frame),
+                None => {
+                    out.extend_from_slice(frame);
+                    self.examining = !complete_block(frame);
+                }
             }
             data = &data[frame.len()..];
         }
     }
+}
+
+/// Whether a HEADERS frame holds a whole header block.
+fn complete_block(frame: &[u8]) -> bool {
+    frame[4] & END_HEADERS != 0
 }
 
 /// The HEADERS frame with its URL authority fixed; `None` to pass it as it is.
@@ -353,6 +378,10 @@ mod tests {
                     "pieces of {piece}, huffman {coded}"
                 );
             }
+            // A connection that sent a URL stays examined: its later literals get fixed too.
+            let mut fix = AuthorityFix::default();
+            fix.feed(&input, &mut Vec::new());
+            assert!(fix.examining());
         }
     }
 
@@ -368,6 +397,10 @@ mod tests {
             ));
             input.extend(frame(0x8, 0, 0, &[0, 0, 1, 0]));
             assert_eq!(feed(&input, 7), input);
+            // After a block that needed nothing, the connection is no longer examined.
+            let mut fix = AuthorityFix::default();
+            fix.feed(&input[..input.len() - 3], &mut Vec::new());
+            assert!(!fix.examining());
         }
         // A header block continued in CONTINUATION frames is not examined.
         let mut input = PREFACE.to_vec();

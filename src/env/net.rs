@@ -10,9 +10,10 @@
 //! 100 `writev` calls (one per event of ~330 bytes) and is now one per connection. The price:
 //! a frame of 1 KiB or more goes out in two writes (head, then payload) instead of one.
 //!
-//! Its inbound bytes go through [`super::authority::AuthorityFix`], so that a request whose
-//! `:authority` is a URL (etcdctl's `endpoint status` with URL endpoints) is served as etcd
-//! serves it instead of being reset by h2.
+//! Its inbound bytes go through [`super::authority::AuthorityFix`] until its first request
+//! shows a proper authority, so that a request whose `:authority` is a URL (etcdctl's
+//! `endpoint status` with URL endpoints) is served as etcd serves it instead of being reset by
+//! h2; after that the socket's bytes go to h2 directly.
 //!
 //! Under `--cfg madsim`, tonic's simulated server binds the address itself (no h2 there).
 
@@ -94,6 +95,9 @@ mod real {
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
             let this = &mut *self;
+            if this.ready_at == this.ready.len() && !this.fix.examining() {
+                return Pin::new(&mut this.stream).poll_read(cx, buf);
+            }
             loop {
                 if this.ready_at < this.ready.len() {
                     let n = buf.remaining().min(this.ready.len() - this.ready_at);
