@@ -353,24 +353,12 @@ mod tests {
         for coded in [true, false] {
             let settings = frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
             let data = frame(0x0, 0x1, 1, &[0; 40]);
-            let mut input = PREFACE.to_vec();
-            input.extend(&settings);
-            input.extend(frame(
-                HEADERS,
-                END_HEADERS,
-                1,
-                &request_block(b"http://127.0.0.1:2379", coded),
-            ));
-            input.extend(&data);
-            let mut expected = PREFACE.to_vec();
-            expected.extend(&settings);
-            expected.extend(frame(
-                HEADERS,
-                END_HEADERS,
-                1,
-                &request_block(b"127.0.0.1:2379", false),
-            ));
-            expected.extend(&data);
+            let stream = |authority: &[u8], coded| {
+                let headers = frame(HEADERS, END_HEADERS, 1, &request_block(authority, coded));
+                [PREFACE, &settings, &headers, &data].concat()
+            };
+            let input = stream(b"http://127.0.0.1:2379", coded);
+            let expected = stream(b"127.0.0.1:2379", false);
             for piece in 1..=input.len() {
                 assert_eq!(
                     feed(&input, piece),
