@@ -414,7 +414,6 @@ impl Cluster {
         .await
     }
 
-    /// `member`'s `HashKV` at `revision` (0: its current one), from its own state.
     /// `member`'s list of the cluster's members (etcd's `MemberList`, serializable).
     pub async fn member_list(&self, member: usize) -> Outcome<MemberListResponse> {
         self.on_client(member, Duration::from_secs(2), move |channel| async move {
@@ -426,6 +425,7 @@ impl Cluster {
         .await
     }
 
+    /// `member`'s `HashKV` at `revision` (0: its current one), from its own state.
     pub async fn hash_kv(&self, member: usize, revision: i64) -> Outcome<HashKvResponse> {
         self.on_client(member, Duration::from_secs(2), move |channel| async move {
             let response = MaintenanceClient::new(channel)

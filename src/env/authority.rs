@@ -9,7 +9,9 @@
 //!
 //! A connection's authority is the same for all its requests, so once a connection's first
 //! header block has needed no fix, nothing more of it is examined: [`AuthorityFix::examining`]
-//! turns false and the socket's bytes go to h2 directly.
+//! turns false and the socket's bytes go to h2 directly. A connection that has needed a fix is
+//! examined for as long as it lives: its later requests refer to the fixed entry of the dynamic
+//! table, but once other headers have pushed that entry out, the client sends the URL again.
 //!
 //! Only a HEADERS frame that holds a whole header block (END_HEADERS) is examined. Its HPACK
 //! block is walked representation by representation; an `:authority` literal (static name
@@ -39,8 +41,11 @@ pub struct AuthorityFix {
     preface: usize,
     /// Bytes of the current frame's payload still to pass unexamined.
     passing: usize,
-    /// False once a header block has needed no fix: everything after it passes as it is.
+    /// False once the first header block has needed no fix: everything after it passes as
+    /// it is.
     examining: bool,
+    /// Whether a header block of this connection has needed a fix.
+    fixed: bool,
 }
 
 impl Default for AuthorityFix {
@@ -50,6 +55,7 @@ impl Default for AuthorityFix {
             preface: PREFACE_LEN,
             passing: 0,
             examining: true,
+            fixed: false,
         }
     }
 }
@@ -110,10 +116,13 @@ impl AuthorityFix {
                 return data;
             };
             match rewrite_headers(frame) {
-                Some(fixed) => out.extend_from_slice(&fixed),
+                Some(fixed) => {
+                    out.extend_from_slice(&fixed);
+                    self.fixed = true;
+                }
                 None => {
                     out.extend_from_slice(frame);
-                    self.examining = !complete_block(frame);
+                    self.examining = self.fixed || !complete_block(frame);
                 }
             }
             data = &data[frame.len()..];
@@ -366,10 +375,24 @@ mod tests {
                     "pieces of {piece}, huffman {coded}"
                 );
             }
-            // A connection that sent a URL stays examined: its later literals get fixed too.
-            let mut fix = AuthorityFix::default();
-            fix.feed(&input, &mut Vec::new());
-            assert!(fix.examining());
+            // A connection that sent a URL stays examined: after requests that refer to the
+            // table's entry, a URL sent again as a literal (the entry was evicted) is fixed too.
+            let indexed = frame(HEADERS, END_HEADERS, 3, &[0x83, 0x86, 0xbe]);
+            let again = frame(
+                HEADERS,
+                END_HEADERS,
+                5,
+                &request_block(b"http://127.0.0.1:2379", coded),
+            );
+            let fixed_again = frame(
+                HEADERS,
+                END_HEADERS,
+                5,
+                &request_block(b"127.0.0.1:2379", false),
+            );
+            let later = [&input[..], &indexed, &indexed, &again].concat();
+            let expected_later = [&expected[..], &indexed, &indexed, &fixed_again].concat();
+            assert_eq!(feed(&later, 10), expected_later);
         }
     }
 
