@@ -20,7 +20,7 @@ use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
+    MemberUpdateRequest, MemberUpdateResponse,
 };
 use crate::pb::raft::PublishRequest;
 use crate::raft::Published;
@@ -93,12 +93,7 @@ impl Cluster for ClusterService {
             })
             .collect();
         Ok(Response::new(MemberListResponse {
-            header: Some(ResponseHeader {
-                cluster_id: self.node.cluster_id,
-                member_id: self.node.id,
-                revision: 0,
-                raft_term: self.node.term(),
-            }),
+            header: Some(super::convert::member_header(&self.node, 0)),
             members,
         }))
     }
