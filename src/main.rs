@@ -24,9 +24,10 @@ fn main() -> std::process::ExitCode {
     // (gRPC, Raft core, log writer, apply) wake each other several times: the multi-threaded
     // runtime spent 15-25 % more CPU per request for 1-15 % less throughput (README,
     // "Performance": one thread for the member's tasks).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    // Before it sleeps, the thread polls for a while if it was woken soon after the last time
+    // (`env::idle`): a wake-up costs as much as a third of a one-client request here.
+    let runtime =
+        detcd::env::idle::build(tokio::runtime::Builder::new_current_thread().enable_all());
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {

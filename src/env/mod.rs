@@ -13,6 +13,8 @@ pub mod authority;
 pub mod bugs;
 pub mod clock;
 pub mod disk;
+#[cfg(not(madsim))]
+pub mod idle;
 pub mod net;
 pub mod probe;
 pub mod rng;
