@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
             detcd::env::Clock::new(),
             detcd::env::shutdown_signal(),
             |node, _listeners| {
+                detcd::env::trim_allocator();
                 eprintln!(
                     "detcd: member {:x} ({name}) of cluster {:x}, data in {data_dir}\n\
                      detcd: serving clients on {client_urls}, peers on {peer_urls}",

@@ -89,6 +89,23 @@ pub fn tune_allocator() {
     }
 }
 
+/// Gives the free memory of every allocator arena back to the system (glibc's `malloc_trim`).
+///
+/// Called once a member has started: opening it builds the key index and replays the log on
+/// the blocking pool's threads, and glibc keeps what their temporaries freed in those threads'
+/// own arenas, out of reach of the runtime thread. Without it, one restart in three or four
+/// (100,000 keys) held ~20 MB more (92 against 72 MB; README, "Performance").
+pub fn trim_allocator() {
+    #[cfg(all(not(madsim), target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free memory of glibc's heaps to the system.
+        unsafe { malloc_trim(0) };
+    }
+}
+
 /// Spawns a task on the current node's runtime (a simulated node's executor under madsim).
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
