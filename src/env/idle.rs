@@ -18,7 +18,7 @@
 //! A timer's deadline is not an event of the epoll instance: one may fire up to [`SPIN`] late.
 //!
 //! Measured (README, "Performance": an A/B of the build without it, same run): one node, put
-//! at one client 1.09x (1.1-1.5x in shorter runs, a serializable range at one client 1.3-1.5x),
+//! at one client 1.09x (1.1x in shorter runs; a serializable range at one client 1.3-1.5x),
 //! for ~28 % more CPU per put at one client; three nodes, put at one client 1.08x, at 64 1.14x,
 //! watch 1.11x; the other points within noise.
 

@@ -77,14 +77,9 @@ pub fn inline_io<T>(f: impl FnOnce() -> T) -> T {
 pub fn tune_allocator() {
     #[cfg(all(not(madsim), target_os = "linux", target_env = "gnu"))]
     {
-        /// glibc's `M_MMAP_THRESHOLD` parameter of `mallopt` (malloc.h).
-        const M_MMAP_THRESHOLD: i32 = -3;
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
         // SAFETY: mallopt only changes a tuning parameter of glibc's allocator; it is called
         // before the runtime starts any thread.
-        let set = unsafe { mallopt(M_MMAP_THRESHOLD, 128 << 10) };
+        let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
         debug_assert_eq!(set, 1, "mallopt(M_MMAP_THRESHOLD) refused");
     }
 }
@@ -98,11 +93,8 @@ pub fn tune_allocator() {
 pub fn trim_allocator() {
     #[cfg(all(not(madsim), target_os = "linux", target_env = "gnu"))]
     {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
         // SAFETY: malloc_trim only returns free memory of glibc's heaps to the system.
-        unsafe { malloc_trim(0) };
+        unsafe { libc::malloc_trim(0) };
     }
 }
 
