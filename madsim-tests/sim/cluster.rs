@@ -187,7 +187,7 @@ impl Cluster {
     }
 
     /// Runs `f` on the client host with a channel to `member`'s client port, under `deadline`.
-    async fn on_client<T, F, Fut>(&self, member: usize, deadline: Duration, f: F) -> Outcome<T>
+    pub async fn on_client<T, F, Fut>(&self, member: usize, deadline: Duration, f: F) -> Outcome<T>
     where
         T: Send + 'static,
         F: FnOnce(Channel) -> Fut + Send + 'static,
@@ -650,6 +650,13 @@ impl Cluster {
     pub fn slow_disk(&mut self, member: usize, latency: Duration) {
         self.members[member].disk.set_sync_latency(latency);
         self.record(format!("disk m{} fsync {latency:?}", member + 1));
+    }
+
+    /// `member`'s state machine waits `latency` before each commit of what it applied (and
+    /// answered): a slow store, which [`Cluster::clear_disk`] does not clear.
+    pub fn slow_commits(&mut self, member: usize, latency: Duration) {
+        self.members[member].disk.set_commit_latency(latency);
+        self.record(format!("disk m{} commit {latency:?}", member + 1));
     }
 
     /// `member`'s disk fails reads, writes or fsyncs with EIO (`which`: 0, 1, 2) until cleared.

@@ -224,6 +224,14 @@ fn steady_load() {
 }
 
 #[test]
+fn answered_writes_are_readable() {
+    sweep(
+        "answered_writes_are_readable",
+        scenarios::answered_writes_are_readable,
+    );
+}
+
+#[test]
 fn group_commit() {
     sweep("group_commit", scenarios::group_commit);
 }

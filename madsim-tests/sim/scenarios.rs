@@ -999,3 +999,136 @@ async fn write_backlog(cluster: &Cluster, member: usize, count: usize) {
         .await
         .expect("backlog writer");
 }
+
+/// What one round of [`answered_writes_are_readable`] saw, in revisions.
+#[derive(Debug)]
+struct AnsweredRound {
+    /// The put's answer.
+    put: i64,
+    /// The serializable read right after it: the key's `mod_revision` (0 if not found).
+    read: i64,
+    /// The header of the watch created after that (from "now"): where it starts, less one.
+    created: i64,
+    /// The next put's answer, and the first event the watch got.
+    next_put: i64,
+    first_event: i64,
+}
+
+/// The leader answers a batch's clients before its state machine commits the batch (in real
+/// mode the commit follows within tens of microseconds; here the leader's store takes 20-60 ms
+/// of simulated time for each). What a client was told is written is what it finds next on that
+/// member: a serializable read right after the put sees it, and a watch created right after
+/// starts after it (its creation header is at the put's revision or later, and its first event
+/// is the next put, not this one). Caught without the fence: `AnswerNotFenced`.
+pub async fn answered_writes_are_readable() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let latency = Duration::from_millis(madsim::rand::thread_rng().gen_range(20..60));
+    cluster.slow_commits(leader, latency);
+    for round in 0..4 {
+        let outcome = cluster
+            .on_client(leader, Duration::from_secs(15), move |channel| {
+                answered_round(channel, round)
+            })
+            .await;
+        cluster.record(format!("answered round {round}: {outcome:?}"));
+        let seen =
+            outcome.unwrap_or_else(|e| panic!("round {round}: a healthy leader failed: {e}"));
+        assert_eq!(
+            seen.read, seen.put,
+            "round {round}: a serializable read on the leader right after its put's answer \
+             did not see the put: {seen:?}"
+        );
+        assert!(
+            seen.created >= seen.put,
+            "round {round}: a watch created after a put's answer starts before it: {seen:?}"
+        );
+        assert_eq!(
+            seen.first_event, seen.next_put,
+            "round {round}: a watch created after a put's answer got an event other than the \
+             next put first: {seen:?}"
+        );
+    }
+    cluster.members[leader]
+        .disk
+        .set_commit_latency(Duration::ZERO);
+    crate::check::state::check(&cluster, &ALL).await;
+    cluster.trace_hash()
+}
+
+/// One round of [`answered_writes_are_readable`], on one connection to the leader.
+async fn answered_round(
+    channel: tonic::transport::Channel,
+    round: usize,
+) -> Result<AnsweredRound, tonic::Status> {
+    use detcd::pb::etcdserverpb::kv_client::KvClient;
+    use detcd::pb::etcdserverpb::watch_client::WatchClient;
+    use detcd::pb::etcdserverpb::watch_request::RequestUnion;
+    use detcd::pb::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+    use futures::StreamExt;
+
+    let revision = |header: Option<detcd::pb::etcdserverpb::ResponseHeader>| {
+        header.map_or(0, |header| header.revision)
+    };
+    let prefix = format!("answered{round}/");
+    let key = format!("{prefix}a").into_bytes();
+    let mut kv = KvClient::new(channel.clone());
+    let put = |key: Vec<u8>| PutRequest {
+        key,
+        value: b"v".to_vec().into(),
+        ..Default::default()
+    };
+    let put_revision = revision(kv.put(put(key.clone())).await?.into_inner().header);
+    let read = kv
+        .range(RangeRequest {
+            key: key.clone(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let read_revision = read.kvs.first().map_or(0, |kv| kv.mod_revision);
+    let (mut requests, receiver) = futures::channel::mpsc::channel(4);
+    let create = WatchCreateRequest {
+        key: prefix.clone().into_bytes(),
+        range_end: detcd::mvcc::KeyRange::prefix(prefix.as_bytes()).range_end,
+        ..Default::default()
+    };
+    requests
+        .try_send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .expect("an empty channel takes a request");
+    let mut stream = WatchClient::new(channel)
+        .watch(receiver)
+        .await?
+        .into_inner();
+    let created = stream
+        .next()
+        .await
+        .ok_or_else(|| tonic::Status::unavailable("watch stream ended"))??;
+    assert!(created.created, "the first watch response is its creation");
+    let next_put = revision(
+        kv.put(put(format!("{prefix}b").into_bytes()))
+            .await?
+            .into_inner()
+            .header,
+    );
+    let first_event = loop {
+        let response = stream
+            .next()
+            .await
+            .ok_or_else(|| tonic::Status::unavailable("watch stream ended"))??;
+        if let Some(event) = response.events.first() {
+            break event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        }
+    };
+    drop(requests);
+    Ok(AnsweredRound {
+        put: put_revision,
+        read: read_revision,
+        created: revision(created.header),
+        next_put,
+        first_event,
+    })
+}

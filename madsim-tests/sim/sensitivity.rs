@@ -69,6 +69,9 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
                 Box::pin(scenarios::corrupted_disk_is_fenced())
             }),
         ],
+        Bug::AnswerNotFenced => vec![("answered_writes_are_readable", || {
+            Box::pin(scenarios::answered_writes_are_readable())
+        })],
         Bug::CatchUpWaitsForWrites => {
             vec![("behind_watchers_catch_up", || {
                 Box::pin(scenarios::behind_watchers_catch_up())

@@ -45,8 +45,11 @@ impl LeaseService {
         Some(convert::member_header(&self.node, revision))
     }
 
-    fn current_revision(&self) -> i64 {
-        self.node.state_machine.hub.applied().revision
+    /// The revision for a response header: at least that of every write this member answered.
+    async fn current_revision(&self) -> i64 {
+        let hub = &self.node.state_machine.hub;
+        hub.settled().await;
+        hub.applied().revision
     }
 
     /// The leader to ask, if this member is not it.
@@ -114,7 +117,7 @@ impl LeaseService {
                     Renewal::NotLeading => unreachable!("renew_as_leader retries it"),
                 };
                 return Ok(LeaseKeepAliveResponse {
-                    header: self.header(self.current_revision()),
+                    header: self.header(self.current_revision().await),
                     id,
                     ttl,
                 });
@@ -259,7 +262,7 @@ impl Lease for LeaseService {
             .await?
         {
             Ok(CommandResult::LeaseGrant(mut response)) => {
-                response.header = self.header(self.current_revision());
+                response.header = self.header(self.current_revision().await);
                 Ok(Response::new(response))
             }
             Ok(other) => Err(ApiError::Internal(format!("grant answered {other:?}")).into()),
@@ -356,7 +359,7 @@ impl Lease for LeaseService {
             })
             .await
             .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
-        let header = self.header(self.current_revision());
+        let header = self.header(self.current_revision().await);
         let response = match record {
             // etcd answers an unknown lease with TTL -1, not an error.
             None => LeaseTimeToLiveResponse {
@@ -420,7 +423,7 @@ impl Lease for LeaseService {
         }
         let ids: Vec<i64> = order.into_iter().map(|(_, id)| id).collect();
         Ok(Response::new(LeaseLeasesResponse {
-            header: self.header(self.current_revision()),
+            header: self.header(self.current_revision().await),
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
         }))
     }

@@ -154,9 +154,11 @@ impl WatchStream {
                 _ = &mut ended => return,
                 message = requests.message(), if requests_open => match message {
                     Ok(Some(request)) => {
-                        // What is applied now, not at the top of this round: a watch created
-                        // after a put's answer must start after that put, and the state
-                        // machine records it before answering but wakes this stream after.
+                        // What is applied now, not at the top of this round, once every write
+                        // answered is committed (`Hub::settled`): a watch created after a put's
+                        // answer must start after that put, and the state machine answers it
+                        // before committing it and wakes this stream after.
+                        self.hub.settled().await;
                         let now = *applied.borrow();
                         if self.handle(request, now).await.is_err() {
                             return;

@@ -74,10 +74,14 @@ pub enum Bug {
     /// its messages held (over TCP for minutes), and after the heal every request the follower
     /// forwards waits behind them.
     ForwardLinkKept,
+    /// The state machine answers a batch's clients before committing it, and reads do not
+    /// wait for that commit: a client's serializable read (or a watch it creates) on the member
+    /// that just answered its put sees the store from before the put.
+    AnswerNotFenced,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -96,6 +100,7 @@ impl Bug {
         Bug::InstallKeepsIndex,
         Bug::CachedPrevUnchecked,
         Bug::ForwardLinkKept,
+        Bug::AnswerNotFenced,
     ];
 
     #[cfg(madsim)]

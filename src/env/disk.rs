@@ -87,6 +87,19 @@ impl Disk {
         }
     }
 
+    /// Called before the state machine commits a batch it has applied (and answered): on a
+    /// simulated disk, waits out the commit latency a scenario set (none by default), so that
+    /// reads and watches can arrive between the answer and the commit. A real commit takes its
+    /// time inside the call.
+    pub async fn before_commit(&self) {
+        if let Disk::Sim(disk) = self {
+            let latency = disk.commit_latency();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+        }
+    }
+
     /// Opens (creating if needed) the plain file `name`, for the write-ahead log.
     pub fn open_file(&self, name: &str) -> io::Result<DiskFile> {
         match self {

@@ -73,6 +73,7 @@ struct DiskState {
     fail_syncs: bool,
     syncs: u64,
     sync_latency: std::time::Duration,
+    commit_latency: std::time::Duration,
     stalled: bool,
 }
 
@@ -299,6 +300,16 @@ impl SimDisk {
 
     pub fn sync_latency(&self) -> std::time::Duration {
         self.state.lock().expect("sim disk lock").sync_latency
+    }
+
+    /// Makes every commit of applied entries take `latency` of simulated time before it
+    /// happens (a slow store; see [`super::Disk::before_commit`]). None by default.
+    pub fn set_commit_latency(&self, latency: std::time::Duration) {
+        self.state.lock().expect("sim disk lock").commit_latency = latency;
+    }
+
+    pub fn commit_latency(&self) -> std::time::Duration {
+        self.state.lock().expect("sim disk lock").commit_latency
     }
 
     /// How many `sync_data` calls succeeded, over all files (for fsync-per-request accounting).

@@ -3,16 +3,19 @@
 //! store. A watcher further behind than the hub remembers reads history from redb instead
 //! (etcd's unsynced watchers); nothing is ever dropped to bound memory, only read later.
 //!
-//! Order of operations (what makes "no event lost, none twice" hold): the state machine commits
-//! an applied batch to redb, then [`Hub::record`]s its changes, which first extends the cache
-//! and only then sets the new revision; it answers the batch's clients and then
-//! [`Hub::announce`]s, which wakes the streams. So every revision a stream learns of is both in
-//! the store and, unless evicted, in the cache.
+//! Order of operations (what makes "no event lost, none twice" hold): the state machine applies
+//! a batch, tells the hub it is answering it ([`Hub::answering`]), answers its clients, commits
+//! it to redb, then [`Hub::record`]s its changes, which first extends the cache and only then
+//! sets the new revision, and [`Hub::announce`]s, which wakes the streams. So every revision a
+//! stream learns of is both in the store and, unless evicted, in the cache; and whatever reads
+//! the store or takes the current revision first waits, in [`Hub::settled`], for the batches
+//! already answered.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::env::bugs::{self, Bug};
 use crate::env::watch;
 use crate::mvcc::Change;
 
@@ -42,6 +45,11 @@ pub struct Hub {
     applied: watch::Sender<Applied>,
     /// How many watch streams have a watcher that wants previous key-values ([`PrevInterest`]).
     prev_wanted: AtomicUsize,
+    /// The log index of the last batch whose clients were answered, which may be ahead of the
+    /// committed `applied` ([`Hub::answering`]).
+    answered: AtomicU64,
+    /// The state machine stopped with a batch answered and not committed ([`Hub::abandon`]).
+    abandoned: AtomicBool,
 }
 
 /// A watch stream's interest in previous key-values (a watcher with `prev_kv`), held while it
@@ -89,6 +97,8 @@ impl Hub {
             }),
             applied: sender,
             prev_wanted: AtomicUsize::new(0),
+            answered: AtomicU64::new(applied.index),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -119,13 +129,50 @@ impl Hub {
         self.applied.subscribe()
     }
 
+    /// The state machine answers the clients of the batch applied up to log index `index`
+    /// before committing it: until [`Hub::record`] reports it, [`Hub::settled`] waits.
+    pub fn answering(&self, index: u64) {
+        self.answered.fetch_max(index, Ordering::SeqCst);
+    }
+
+    /// The state machine failed to commit a batch it had answered and stops: nothing waits for
+    /// it any more.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        // A new version of the same value: receivers wake only for a new version.
+        self.applied.store_if_modified(|_| true);
+        self.announce();
+    }
+
+    /// Returns once every batch answered so far is committed and recorded: what a client was
+    /// told is written before it asked is then readable (a serializable read on this member,
+    /// a watch from the current revision, a response header's revision). Returns at once when
+    /// nothing answered is pending, which is nearly always: the commit follows the answer
+    /// within tens of microseconds.
+    pub async fn settled(&self) {
+        let target = self.answered.load(Ordering::SeqCst);
+        if self.applied().index >= target || bugs::enabled(Bug::AnswerNotFenced) {
+            return;
+        }
+        let mut applied = self.subscribe();
+        loop {
+            if applied.borrow_and_update().index >= target || self.abandoned.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Records the changes of a committed batch (revisions after the last recorded one, in
     /// order) and makes `applied` what the hub reports, waking nobody yet: the state machine
-    /// answers the batch's clients first, then [`Hub::announce`]s it. With no watch stream open
+    /// [`Hub::announce`]s it next. With no watch stream open
     /// nothing is cached: a stream opened later reads what it needs of the past from the store.
     ///
-    /// Recorded before the answers, so a watch a client creates after its put's answer starts
-    /// after that put, and a read that waits for the put's index finds it applied.
+    /// A watch a client creates after its put's answer waits for this ([`Hub::settled`]), so
+    /// it starts after that put, and a read that waits for the put's index finds it applied.
     pub fn record(&self, changes: Vec<Change>, applied: Applied) {
         if !self.has_subscribers() {
             self.store(applied);
@@ -340,6 +387,55 @@ mod tests {
         assert_eq!(hub.subscribe().borrow().revision, 2);
         hub.announce();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.as_mut().poll(&mut context).is_ready());
+    }
+
+    #[test]
+    fn settled_waits_for_the_commit_of_what_was_answered() {
+        let hub = Hub::new(applied(1));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        assert!(
+            Box::pin(hub.settled())
+                .as_mut()
+                .poll(&mut context)
+                .is_ready(),
+            "nothing answered: ready at once"
+        );
+        hub.answering(3);
+        let mut waiting = Box::pin(hub.settled());
+        assert!(waiting.as_mut().poll(&mut context).is_pending());
+        hub.record(vec![put(2, 0, "a")], applied(2));
+        hub.announce();
+        assert!(
+            waiting.as_mut().poll(&mut context).is_pending(),
+            "an earlier batch committed, not the answered one"
+        );
+        hub.record(vec![put(3, 0, "b")], applied(3));
+        hub.announce();
+        assert!(waiting.as_mut().poll(&mut context).is_ready());
+        hub.answering(2);
+        assert!(
+            Box::pin(hub.settled())
+                .as_mut()
+                .poll(&mut context)
+                .is_ready(),
+            "what was answered never goes back"
+        );
+    }
+
+    #[test]
+    fn settled_gives_up_once_the_commit_is_abandoned() {
+        let hub = Hub::new(applied(1));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        hub.answering(2);
+        let mut waiting = Box::pin(hub.settled());
+        assert!(waiting.as_mut().poll(&mut context).is_pending());
+        hub.abandon();
+        assert!(wakes.0.load(Ordering::SeqCst) > 0, "the waiter is woken");
         assert!(waiting.as_mut().poll(&mut context).is_ready());
     }
 
