@@ -701,19 +701,14 @@ impl Applier {
                 applied,
             })
         };
-        let Prepared {
-            uncommitted,
-            batch,
-            responses,
-            changes,
-            lease_events,
-            applied,
-        } = if inline {
+        let prepared = if inline {
             env::inline_io(work)?
         } else {
             env::blocking(work).await?
         };
-        self.leases.publish(lease_events);
+        let (batch, responses, applied) = (prepared.batch, prepared.responses, prepared.applied);
+        let (uncommitted, changes) = (prepared.uncommitted, prepared.changes);
+        self.leases.publish(prepared.lease_events);
         // A short batch's clients are answered before its commit: each entry is already durable
         // in the log (a crash re-applies it), and the commit then runs while the answers travel
         // and the clients send their next requests (one client's put: ~30 us of its latency).

@@ -373,11 +373,17 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes.
+    fn counting_waker() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        (wakes, waker)
+    }
+
     #[test]
     fn record_wakes_nobody_until_announced_but_shows_at_once() {
         let (hub, mut stream) = watched_hub();
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = futures::task::waker(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut context = std::task::Context::from_waker(&waker);
         let mut waiting = Box::pin(stream.changed());
         assert!(waiting.as_mut().poll(&mut context).is_pending());
@@ -393,8 +399,7 @@ mod tests {
     #[test]
     fn settled_waits_for_the_commit_of_what_was_answered() {
         let hub = Hub::new(applied(1));
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = futures::task::waker(wakes.clone());
+        let (_wakes, waker) = counting_waker();
         let mut context = std::task::Context::from_waker(&waker);
         assert!(
             Box::pin(hub.settled())
@@ -428,8 +433,7 @@ mod tests {
     #[test]
     fn settled_gives_up_once_the_commit_is_abandoned() {
         let hub = Hub::new(applied(1));
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = futures::task::waker(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut context = std::task::Context::from_waker(&waker);
         hub.answering(2);
         let mut waiting = Box::pin(hub.settled());
