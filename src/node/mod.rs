@@ -360,15 +360,11 @@ impl Node {
         if crate::env::bugs::enabled(crate::env::bugs::Bug::ReadBeforeCommitted) {
             return self.await_raft_applied(index, deadline).await;
         }
-        let mut applied = self.state_machine.hub.subscribe();
         let wait = async {
-            loop {
-                if applied.borrow_and_update().index >= index {
-                    return Ok(());
-                }
-                if applied.changed().await.is_err() {
-                    return Err(NodeError::Stopped("the state machine stopped".to_string()));
-                }
+            if self.state_machine.hub.reached(index).await {
+                Ok(())
+            } else {
+                Err(NodeError::Stopped("the state machine stopped".to_string()))
             }
         };
         let remaining = deadline.since(self.clock.now());

@@ -150,18 +150,25 @@ impl Hub {
     /// nothing answered is pending, which is nearly always: the commit follows the answer
     /// within tens of microseconds.
     pub async fn settled(&self) {
-        let target = self.answered.load(Ordering::SeqCst);
-        if self.applied().index >= target || bugs::enabled(Bug::AnswerNotFenced) {
+        if bugs::enabled(Bug::AnswerNotFenced) {
             return;
+        }
+        let _ = self.reached(self.answered.load(Ordering::SeqCst)).await;
+    }
+
+    /// Returns `true` once the recorded log index is at least `index`, or `false` if it never
+    /// will be: the state machine stopped ([`Hub::abandon`]) or is gone.
+    pub async fn reached(&self, index: u64) -> bool {
+        if self.applied().index >= index {
+            return true;
         }
         let mut applied = self.subscribe();
         loop {
-            if applied.borrow_and_update().index >= target || self.abandoned.load(Ordering::SeqCst)
-            {
-                return;
+            if applied.borrow_and_update().index >= index {
+                return true;
             }
-            if applied.changed().await.is_err() {
-                return;
+            if self.abandoned.load(Ordering::SeqCst) || applied.changed().await.is_err() {
+                return false;
             }
         }
     }
