@@ -178,7 +178,7 @@ trait TxnStore {
         options: &RangeOptions,
         revision: i64,
     ) -> Result<(RangeResult, i64), MvccError>;
-    fn lease_exists(&self, id: i64) -> Result<bool, StorageError>;
+    fn lease_exists(&mut self, id: i64) -> Result<bool, StorageError>;
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, StorageError>;
     fn delete(&mut self, request: &DeleteRangeRequest)
         -> Result<DeleteRangeResponse, StorageError>;
@@ -202,7 +202,7 @@ impl TxnStore for Writer<'_> {
     ) -> Result<(RangeResult, i64), MvccError> {
         Writer::range(self, range, options, revision)
     }
-    fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
+    fn lease_exists(&mut self, id: i64) -> Result<bool, StorageError> {
         Ok(Writer::lease(self, id)?.is_some())
     }
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, StorageError> {
@@ -328,7 +328,7 @@ impl TxnStore for ReadOnly<ReadView> {
         let at = mvcc::check_revision(revision, self.revision, self.compacted)?;
         Ok((self.view.range(range, options, at)?, self.revision))
     }
-    fn lease_exists(&self, _: i64) -> Result<bool, StorageError> {
+    fn lease_exists(&mut self, _: i64) -> Result<bool, StorageError> {
         Err(StorageError("a read-only txn checked a put's lease".into()))
     }
     fn put(&mut self, _: &PutRequest) -> Result<PutResponse, StorageError> {
@@ -407,7 +407,7 @@ fn range_op<S: TxnStore + ?Sized>(
 
 /// etcd's `checkPut`: state-dependent refusals of a put, before anything changes.
 fn check_put<S: TxnStore + ?Sized>(
-    store: &S,
+    store: &mut S,
     request: &PutRequest,
 ) -> Result<Option<ApplyError>, StorageError> {
     if request.lease != 0 && !store.lease_exists(request.lease)? {
@@ -608,7 +608,7 @@ fn compare_kv(compare: &Compare, kv: &KeyValue) -> bool {
 
 /// etcd's `checkRequests` along the chosen path: puts (`puts = true`) or ranges.
 fn check_path<S: TxnStore + ?Sized>(
-    store: &S,
+    store: &mut S,
     request: &TxnRequest,
     path: &[bool],
     at: &mut usize,

@@ -47,7 +47,7 @@ pub use hash::crc32c;
 pub use index::{AfterCommit, Index, KeyIndex, Reader};
 pub use range::{RangeOptions, RangeResult, SortOrder, SortTarget};
 pub use view::{check_revision, compacted_revision, View, NEVER_COMPACTED};
-pub use writer::{Compacted, LeaseRecord, Writer};
+pub use writer::{Compacted, LeaseRecord, MetaTable, Writer};
 
 pub use crate::storage::encoding::HistoryEvent;
 use crate::storage::StorageError;

@@ -15,6 +15,10 @@ use crate::storage::encoding::{self, HistoryEvent};
 use crate::storage::{StorageError, KV_REVISIONS, LEASES, LEASE_KEYS, META_COMPACTED, SM_META};
 
 type ByteTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+/// The state machine's meta table (revision, compaction, applied state).
+pub type MetaTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
+type LeaseTable<'txn> = Table<'txn, i64, &'static [u8]>;
+type LeaseKeysTable<'txn> = Table<'txn, (i64, &'static [u8]), u8>;
 
 /// A lease as the state machine records it (seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +31,15 @@ pub struct LeaseRecord {
 
 /// Applies the changes of one write request, all at one main revision.
 pub struct Writer<'txn> {
+    txn: &'txn WriteTransaction,
     view: View<ByteTable<'txn>>,
-    meta: Table<'txn, &'static str, &'static [u8]>,
-    leases: Table<'txn, i64, &'static [u8]>,
-    /// Which keys each lease has attached (derived from `kv`'s lease fields).
-    lease_keys: Table<'txn, (i64, &'static [u8]), u8>,
+    meta: MetaTable<'txn>,
+    /// Opened at first use: most writes touch no lease, and opening a table is a lookup in
+    /// redb's table tree now and a root update at the commit.
+    leases: Option<LeaseTable<'txn>>,
+    /// Which keys each lease has attached (derived from `kv`'s lease fields); opened at first
+    /// use.
+    lease_keys: Option<LeaseKeysTable<'txn>>,
     main: i64,
     next_sub: i64,
     changes: Vec<Change>,
@@ -55,14 +63,27 @@ impl<'txn> Writer<'txn> {
         index: &Index,
         current_revision: i64,
     ) -> Result<Self, StorageError> {
+        Self::with_meta(txn, txn.open_table(SM_META)?, index, current_revision)
+    }
+
+    /// [`Writer::new`] for a caller that has opened the transaction's meta table already (the
+    /// state machine reads its revision there first and records its applied state there after):
+    /// the writer keeps it, and [`Writer::finish_with_meta`] gives it back.
+    pub fn with_meta(
+        txn: &'txn WriteTransaction,
+        meta: MetaTable<'txn>,
+        index: &Index,
+        current_revision: i64,
+    ) -> Result<Self, StorageError> {
         Ok(Self {
+            txn,
             view: View {
                 history: txn.open_table(KV_REVISIONS)?,
                 index: index.clone(),
             },
-            meta: txn.open_table(SM_META)?,
-            leases: txn.open_table(LEASES)?,
-            lease_keys: txn.open_table(LEASE_KEYS)?,
+            meta,
+            leases: None,
+            lease_keys: None,
             main: current_revision + 1,
             next_sub: 0,
             changes: Vec::new(),
@@ -84,9 +105,29 @@ impl<'txn> Writer<'txn> {
     /// Ends the writer; what it answers must be applied to the index once the transaction has
     /// committed.
     pub fn finish(self) -> AfterCommit {
-        AfterCommit {
+        self.finish_with_meta().0
+    }
+
+    /// [`Writer::finish`], giving back the meta table for more writes in the transaction.
+    pub fn finish_with_meta(self) -> (AfterCommit, MetaTable<'txn>) {
+        let after_commit = AfterCommit {
             compactions: self.compactions,
+        };
+        (after_commit, self.meta)
+    }
+
+    fn leases(&mut self) -> Result<&mut LeaseTable<'txn>, StorageError> {
+        if self.leases.is_none() {
+            self.leases = Some(self.txn.open_table(LEASES)?);
         }
+        Ok(self.leases.as_mut().expect("opened above"))
+    }
+
+    fn lease_keys_table(&mut self) -> Result<&mut LeaseKeysTable<'txn>, StorageError> {
+        if self.lease_keys.is_none() {
+            self.lease_keys = Some(self.txn.open_table(LEASE_KEYS)?);
+        }
+        Ok(self.lease_keys.as_mut().expect("opened above"))
     }
 
     /// Starts the next request of the same transaction, after `current_revision`.
@@ -221,11 +262,11 @@ impl<'txn> Writer<'txn> {
         );
         if let Some(old) = previous.map(|prev| prev.lease).filter(|&old| old != 0) {
             if old != lease {
-                self.lease_keys.remove((old, key))?;
+                self.lease_keys_table()?.remove((old, key))?;
             }
         }
         if lease != 0 {
-            self.lease_keys.insert((lease, key), 0)?;
+            self.lease_keys_table()?.insert((lease, key), 0)?;
         }
         self.record(revision, HistoryEvent::Put(kv), prev)
     }
@@ -261,7 +302,8 @@ impl<'txn> Writer<'txn> {
         for kv in &doomed {
             let revision = self.next_revision();
             if kv.lease != 0 {
-                self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
+                self.lease_keys_table()?
+                    .remove((kv.lease, kv.key.as_slice()))?;
             }
             let tombstone = KeyValue {
                 key: kv.key.clone(),
@@ -316,8 +358,8 @@ impl<'txn> Writer<'txn> {
     }
 
     /// The lease `id`, if it exists.
-    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, StorageError> {
-        match self.leases.get(id)? {
+    pub fn lease(&mut self, id: i64) -> Result<Option<LeaseRecord>, StorageError> {
+        match self.leases()?.get(id)? {
             Some(bytes) => {
                 let (ttl, remaining) = encoding::decode_lease(bytes.value())
                     .ok_or_else(|| StorageError(format!("corrupt lease {id:x}")))?;
@@ -330,13 +372,13 @@ impl<'txn> Writer<'txn> {
     /// Records lease `id` (which the caller has checked does not exist).
     pub fn set_lease(&mut self, id: i64, record: LeaseRecord) -> Result<(), StorageError> {
         let bytes = encoding::encode_lease(record.ttl, record.remaining);
-        self.leases.insert(id, bytes.as_slice())?;
+        self.leases()?.insert(id, bytes.as_slice())?;
         Ok(())
     }
 
     /// The keys attached to lease `id`, in key order.
-    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-        super::leases::keys_in(&self.lease_keys, id)
+    pub fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
+        super::leases::keys_in(self.lease_keys_table()?, id)
     }
 
     /// Revokes lease `id`: deletes every key attached to it, all at this request's revision (as
@@ -346,7 +388,7 @@ impl<'txn> Writer<'txn> {
         for key in self.lease_keys(id)? {
             deleted.extend(self.delete_range(&KeyRange::new(key, Vec::new()))?);
         }
-        self.leases.remove(id)?;
+        self.leases()?.remove(id)?;
         Ok(deleted)
     }
 

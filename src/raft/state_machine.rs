@@ -190,12 +190,11 @@ where
 /// Records what has been applied. The membership is written only when it changed (`Some`): it
 /// rarely does, and re-encoding it for every applied batch would be wasted work.
 fn write_applied_state(
-    txn: &WriteTransaction,
+    meta: &mut mvcc::MetaTable,
     last_applied: Option<LogId>,
     revision: i64,
     membership: Option<&StoredMembership>,
 ) -> Result<(), io::Error> {
-    let mut meta = txn.open_table(SM_META).map_err(io_error)?;
     if let Some(log_id) = &last_applied {
         meta.insert(
             META_LAST_APPLIED,
@@ -495,13 +494,13 @@ fn install_data(
     } else {
         meta.remove(META_COMPACTED).map_err(io_error)?;
     }
-    drop(meta);
     write_applied_state(
-        &txn,
+        &mut meta,
         state.last_applied,
         state.revision,
         Some(&state.membership),
     )?;
+    drop(meta);
     if bugs::enabled(Bug::InstallKeepsIndex) {
         return txn.commit().map_err(io_error);
     }
@@ -608,10 +607,9 @@ impl Applier {
         let read_prev = self.hub.wants_prev();
         let work = move || -> Result<_, io::Error> {
             let txn = storage::begin_write(&db, durability).map_err(io_error)?;
-            let mut revision = {
-                let meta = txn.open_table(SM_META).map_err(io_error)?;
-                revision_in(&meta)?
-            };
+            // Opened once for the batch: the writer borrows it while commands apply.
+            let mut meta = Some(txn.open_table(SM_META).map_err(io_error)?);
+            let mut revision = revision_in(meta.as_ref().expect("opened above"))?;
             let mut new_membership = None;
             let mut last_applied = None;
             let mut responses = Vec::with_capacity(batch.len());
@@ -634,8 +632,9 @@ impl Applier {
                         let writer = match &mut writer {
                             Some(writer) => writer,
                             None => {
-                                let mut new =
-                                    mvcc::Writer::new(&txn, &index, revision).map_err(io_error)?;
+                                let meta = meta.take().expect("meta is the writer's");
+                                let mut new = mvcc::Writer::with_meta(&txn, meta, &index, revision)
+                                    .map_err(io_error)?;
                                 new.set_read_prev(read_prev);
                                 writer.insert(new)
                             }
@@ -672,12 +671,13 @@ impl Applier {
                 });
                 responses.push(response);
             }
-            let after_commit = writer.map(mvcc::Writer::finish).unwrap_or_default();
-            write_applied_state(&txn, last_applied, revision, new_membership.as_ref())?;
-            let compacted = {
-                let meta = txn.open_table(SM_META).map_err(io_error)?;
-                mvcc::compacted_revision(&meta).map_err(io_error)?
+            let (after_commit, mut meta) = match (writer, meta) {
+                (Some(writer), _) => writer.finish_with_meta(),
+                (None, meta) => (Default::default(), meta.expect("no writer took it")),
             };
+            write_applied_state(&mut meta, last_applied, revision, new_membership.as_ref())?;
+            let compacted = mvcc::compacted_revision(&meta).map_err(io_error)?;
+            drop(meta);
             let applied = Applied {
                 revision,
                 compacted,
@@ -957,7 +957,7 @@ mod tests {
             revision = response.revision;
             after_commit.push(after);
         }
-        write_applied_state(&txn, None, revision, None).unwrap();
+        write_applied_state(&mut txn.open_table(SM_META).unwrap(), None, revision, None).unwrap();
         txn.commit().unwrap();
         for after in after_commit {
             after.apply(&db.index);
@@ -1068,7 +1068,9 @@ mod tests {
         };
         let (response, after_commit) =
             apply::apply(&txn, &db.index, revision, &command, &mut changes, true).unwrap();
-        write_applied_state(&txn, None, response.revision, None).unwrap();
+        let mut meta = txn.open_table(SM_META).unwrap();
+        write_applied_state(&mut meta, None, response.revision, None).unwrap();
+        drop(meta);
         txn.commit().unwrap();
         after_commit.apply(&db.index);
         (response, changes)
