@@ -232,6 +232,14 @@ fn answered_writes_are_readable() {
 }
 
 #[test]
+fn paced_watchers_get_every_revision() {
+    sweep(
+        "paced_watchers_get_every_revision",
+        scenarios::paced_watchers_get_every_revision,
+    );
+}
+
+#[test]
 fn group_commit() {
     sweep("group_commit", scenarios::group_commit);
 }
@@ -338,6 +346,11 @@ fn determinism() {
     check_determinism("crash_recovery", seed, scenarios::crash_recovery);
     check_determinism("watch_under_faults", seed, scenarios::watch_under_faults);
     check_determinism("leases_under_faults", seed, lease::leases_under_faults);
+    check_determinism(
+        "paced_watchers_get_every_revision",
+        seed,
+        scenarios::paced_watchers_get_every_revision,
+    );
     // The chaos sweep's whole pipeline (options, schedule, history, checkers) on a sample.
     for chaos_seed in [seed, seed + 100, seed + 1000] {
         check_determinism("chaos", chaos_seed, chaos::chaos);

@@ -1132,3 +1132,161 @@ async fn answered_round(
         first_event,
     })
 }
+
+/// Watch pacing (`src/api/watch.rs`): a stream that delivered less than a millisecond ago holds
+/// a new revision for the next one, or for a millisecond at most. Here fast disks and a fast
+/// network apply bursts of writes (16 in flight, through a random member) faster than that on
+/// every member, with two watchers on one stream per member. After each burst every watcher
+/// must get the burst's last revision, which nothing follows, within a second of simulated time;
+/// at the end every watcher's events are checked against the reference history (each revision
+/// whole, in order, once). The run must have held revisions: some response carries several.
+/// Caught without the deadline: `HeldWithoutDeadline`.
+pub async fn paced_watchers_get_every_revision() -> u64 {
+    let mut cluster = Cluster::start(3);
+    let mut rng = madsim::rand::thread_rng();
+    let latency = Duration::from_micros(rng.gen_range(50..200));
+    cluster.set_network(0.0, latency..latency * 2);
+    for member in ALL {
+        cluster.slow_disk(member, Duration::from_micros(rng.gen_range(100..400)));
+    }
+    let leader = cluster.wait_for_leader(&ALL).await;
+    let base = cluster
+        .put(leader, "p/start", "start")
+        .await
+        .expect("a put on a healthy cluster");
+    let spec = |prev_kv: bool, no_delete: bool| Spec {
+        prefix: b"p/".to_vec(),
+        start_revision: base + 1,
+        prev_kv,
+        no_delete,
+        progress_every: None,
+        progress_notify: false,
+        progress_at_open: false,
+    };
+    let client = cluster.client_host().clone();
+    let mut watchers = Vec::new();
+    for member in ALL {
+        let watches = vec![(base + 1, spec(true, false)), (base + 1, spec(false, true))];
+        for (i, watcher) in spawn_stream(&client, cluster.endpoint(member), member, watches)
+            .into_iter()
+            .enumerate()
+        {
+            watchers.push((format!("m{} watch {}", member + 1, i + 1), watcher));
+        }
+    }
+    // Every watcher live (synced) before the bursts: what they get from here on is paced.
+    let warm = cluster
+        .put(leader, "p/warm", "up")
+        .await
+        .expect("a put on a healthy cluster");
+    cluster
+        .wait_until(
+            "every watcher gets the first put",
+            Duration::from_secs(5),
+            || async { watchers.iter().all(|(_, w)| w.last_revision() >= warm) },
+        )
+        .await;
+    let live_from: Vec<usize> = watchers
+        .iter()
+        .map(|(_, w)| w.log.lock().unwrap().len())
+        .collect();
+    let mut last = warm;
+    for round in 0..5 {
+        let through = rng.gen_range(0..3);
+        let count = rng.gen_range(40..120);
+        let endpoint = cluster.endpoint(through);
+        let burst = async move { burst(endpoint, round, count).await };
+        last = cluster
+            .client_host()
+            .spawn(burst)
+            .await
+            .expect("burst writer")
+            .max(last);
+        let written = madsim::time::Instant::now();
+        loop {
+            if watchers.iter().all(|(_, w)| w.last_revision() >= last) {
+                break;
+            }
+            let waited = written.elapsed();
+            assert!(
+                waited < Duration::from_secs(1),
+                "round {round}: the last revision of a burst ({last}, {count} writes through \
+                 m{}) not delivered to every watcher after {waited:?}: {:?}",
+                through + 1,
+                watchers
+                    .iter()
+                    .map(|(name, w)| format!("{name} at {}", w.last_revision()))
+                    .collect::<Vec<_>>()
+            );
+            madsim::time::sleep(Duration::from_millis(1)).await;
+        }
+        cluster.record(format!(
+            "burst {round}: {count} writes through m{}, last revision {last} everywhere after {:?}",
+            through + 1,
+            written.elapsed()
+        ));
+    }
+    let held: usize = watchers
+        .iter()
+        .zip(&live_from)
+        .map(|((_, w), &from)| {
+            w.log.lock().unwrap()[from..]
+                .iter()
+                .filter(|received| match received {
+                    Received::Events { events } => events
+                        .windows(2)
+                        .any(|pair| pair[0].mod_revision != pair[1].mod_revision),
+                    _ => false,
+                })
+                .count()
+        })
+        .sum();
+    cluster.record(format!("responses with several revisions: {held}"));
+    assert!(
+        held > 0,
+        "no live response carried several revisions: pacing was not exercised"
+    );
+    let named: Vec<(&str, &Watcher)> = watchers.iter().map(|(n, w)| (n.as_str(), w)).collect();
+    check_watchers(&mut cluster, leader, last, &named).await;
+    cluster.trace_hash()
+}
+
+/// `count` writes under `p/` through `endpoint` on one connection, 16 in flight (puts, every
+/// seventh a delete but none among the last 16, so the highest revision is a put every watcher
+/// wants); answers the highest revision written. There are no faults: each must succeed.
+async fn burst(endpoint: String, round: usize, count: usize) -> i64 {
+    use detcd::pb::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, PutRequest};
+    let channel = crate::cluster::connect(&endpoint).await.expect("connect");
+    let kv = KvClient::new(channel);
+    let mut last = 0;
+    let indexes: Vec<usize> = (0..count).collect();
+    for chunk in indexes.chunks(16) {
+        let calls = chunk.iter().map(|&i| {
+            let mut kv = kv.clone();
+            async move {
+                let key = format!("p/k{}", i % 23).into_bytes();
+                let header = if i % 7 == 6 && i + 16 < count {
+                    let request = DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    };
+                    kv.delete_range(request)
+                        .await
+                        .map(|r| r.into_inner().header)
+                } else {
+                    let request = PutRequest {
+                        key,
+                        value: format!("v{round}.{i}").into_bytes().into(),
+                        ..Default::default()
+                    };
+                    kv.put(request).await.map(|r| r.into_inner().header)
+                };
+                header.expect("a burst write (there are no faults)")
+            }
+        });
+        for header in futures::future::join_all(calls).await {
+            last = last.max(header.map_or(0, |h| h.revision));
+        }
+    }
+    last
+}

@@ -72,6 +72,9 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
         Bug::AnswerNotFenced => vec![("answered_writes_are_readable", || {
             Box::pin(scenarios::answered_writes_are_readable())
         })],
+        Bug::HeldWithoutDeadline => vec![("paced_watchers_get_every_revision", || {
+            Box::pin(scenarios::paced_watchers_get_every_revision())
+        })],
         Bug::CatchUpWaitsForWrites => {
             vec![("behind_watchers_catch_up", || {
                 Box::pin(scenarios::behind_watchers_catch_up())

@@ -78,10 +78,14 @@ pub enum Bug {
     /// wait for that commit: a client's serializable read (or a watch it creates) on the member
     /// that just answered its put sees the store from before the put.
     AnswerNotFenced,
+    /// A watch stream that holds a revision to send it with the next one (pacing) waits for
+    /// that next revision only: the last revision of a burst of writes is not delivered until
+    /// something else is written.
+    HeldWithoutDeadline,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -101,6 +105,7 @@ impl Bug {
         Bug::CachedPrevUnchecked,
         Bug::ForwardLinkKept,
         Bug::AnswerNotFenced,
+        Bug::HeldWithoutDeadline,
     ];
 
     #[cfg(madsim)]
