@@ -42,6 +42,9 @@ pub struct Config {
     /// `--experimental-watch-progress-notify-interval`: how often a watcher that asked for
     /// progress notifications and is idle gets one (at least 100ms, as etcd).
     pub watch_progress_notify_interval: Duration,
+    /// `--watch-pace-interval` (detcd's own): revisions applied closer together than this are
+    /// paced on watch streams (`api/watch.rs`); zero turns pacing off.
+    pub watch_pace_interval: Duration,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     /// `--snapshot-count`: applied entries between two snapshots. A snapshot copies the whole
@@ -74,6 +77,7 @@ impl Default for Config {
             max_txn_ops: 128,
             auto_compaction: AutoCompaction::Off,
             watch_progress_notify_interval: Duration::from_secs(600),
+            watch_pace_interval: DEFAULT_WATCH_PACE_INTERVAL,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
@@ -111,6 +115,9 @@ Member:
   --experimental-watch-progress-notify-interval '10m0s'
                                         interval of progress notifications to idle watchers
                                         that ask for them (Go duration, at least 100ms)
+  --watch-pace-interval '800us'         detcd's own: when revisions come closer together than
+                                        this, a watch stream holds each one for the next (up to
+                                        a quarter longer) and sends both in one response; 0 off
   --experimental-enable-lease-checkpoint 'true'
                                         keep a lease's remaining TTL across leader changes and
                                         restarts ('false': a new leader resets it, as etcd)
@@ -157,6 +164,9 @@ fn url_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// `--watch-pace-interval` by default: writes over ~1,250 revisions a second are paced.
+pub const DEFAULT_WATCH_PACE_INTERVAL: Duration = Duration::from_micros(800);
+
 /// etcd raises a shorter `--experimental-watch-progress-notify-interval` to this.
 pub const MIN_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -200,6 +210,10 @@ fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, FlagEr
 fn go_duration(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
+    }
+    // Go takes a bare zero without a unit.
+    if text == "0" {
+        return Some(Duration::ZERO);
     }
     let mut total = 0f64;
     let mut rest = text;
@@ -338,6 +352,14 @@ impl Config {
                     })?;
                     config.watch_progress_notify_interval =
                         interval.max(MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
+                }
+                "watch-pace-interval" => {
+                    let raw = value()?;
+                    config.watch_pace_interval = go_duration(&raw).ok_or_else(|| {
+                        FlagError(format!(
+                            "invalid value {raw:?} for flag --watch-pace-interval"
+                        ))
+                    })?;
                 }
                 "experimental-enable-lease-checkpoint" => {
                     // A Go bool flag: bare means true; a value only with `=`.
@@ -590,6 +612,23 @@ mod tests {
             MIN_WATCH_PROGRESS_NOTIFY_INTERVAL
         );
         assert!(parse(&["--experimental-watch-progress-notify-interval=often"]).is_err());
+        assert_eq!(
+            parse(&[]).unwrap().watch_pace_interval,
+            Duration::from_micros(800)
+        );
+        assert_eq!(
+            parse(&["--watch-pace-interval=5ms"])
+                .unwrap()
+                .watch_pace_interval,
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            parse(&["--watch-pace-interval", "0"])
+                .unwrap()
+                .watch_pace_interval,
+            Duration::ZERO
+        );
+        assert!(parse(&["--watch-pace-interval=soon"]).is_err());
         assert_eq!(parse(&["--snapshot-count=20"]).unwrap().snapshot_count, 20);
         assert_eq!(
             parse(&["--snapshot-count=0"]).unwrap().snapshot_count,

@@ -212,6 +212,7 @@ pub async fn run(
                     node.clone(),
                     max_message_bytes,
                     config.watch_progress_notify_interval,
+                    config.watch_pace_interval,
                     stop_rx.clone(),
                 ))
                 .max_decoding_message_size(max_message_bytes)

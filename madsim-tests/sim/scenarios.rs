@@ -1133,21 +1133,23 @@ async fn answered_round(
     })
 }
 
-/// Watch pacing (`src/api/watch.rs`): a stream that delivered less than a millisecond ago holds
-/// a new revision for the next one, or for a millisecond at most. Here fast disks and a fast
-/// network apply bursts of writes (16 in flight, through a random member) faster than that on
-/// every member, with two watchers on one stream per member. After each burst every watcher
-/// must get the burst's last revision, which nothing follows, within a second of simulated time;
-/// at the end every watcher's events are checked against the reference history (each revision
-/// whole, in order, once). The run must have held revisions: some response carries several.
-/// Caught without the deadline: `HeldWithoutDeadline`.
+/// Watch pacing (`src/api/watch.rs`): when revisions come less than the pace interval apart, a
+/// stream holds each new one for the next, or for a quarter longer than the interval at most.
+/// madsim-tonic's simulated server takes in about one request per 2 ms, so the members run with
+/// `--watch-pace-interval=5ms` (800 us by default): bursts of writes from 16 connections through
+/// a random member are paced on every member, where two watchers share one stream. Every
+/// watcher must get each burst's last revision (a NODELETE watcher its last put), which
+/// nothing follows, within a second of simulated time; at the end every watcher's events are
+/// checked against the reference history (each revision whole, in order, once). The run must
+/// have held revisions: some response carries several. Caught without the deadline:
+/// `HeldWithoutDeadline`.
 pub async fn paced_watchers_get_every_revision() -> u64 {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with_flags(3, &["--watch-pace-interval=5ms"]);
     let mut rng = madsim::rand::thread_rng();
-    let latency = Duration::from_micros(rng.gen_range(50..200));
+    let latency = Duration::from_micros(rng.gen_range(20..100));
     cluster.set_network(0.0, latency..latency * 2);
     for member in ALL {
-        cluster.slow_disk(member, Duration::from_micros(rng.gen_range(100..400)));
+        cluster.slow_disk(member, Duration::from_micros(rng.gen_range(50..200)));
     }
     let leader = cluster.wait_for_leader(&ALL).await;
     let base = cluster
@@ -1196,22 +1198,32 @@ pub async fn paced_watchers_get_every_revision() -> u64 {
         let count = rng.gen_range(40..120);
         let endpoint = cluster.endpoint(through);
         let burst = async move { burst(endpoint, round, count).await };
-        last = cluster
+        let (burst_last, last_put) = cluster
             .client_host()
             .spawn(burst)
             .await
-            .expect("burst writer")
-            .max(last);
+            .expect("burst writer");
+        // What each watcher must get: the burst's last revision (a NODELETE watcher: its last
+        // put's).
+        let wanted = |w: &Watcher| {
+            if w.spec.no_delete {
+                last_put
+            } else {
+                burst_last
+            }
+        };
+        last = burst_last;
         let written = madsim::time::Instant::now();
         loop {
-            if watchers.iter().all(|(_, w)| w.last_revision() >= last) {
+            if watchers.iter().all(|(_, w)| w.last_revision() >= wanted(w)) {
                 break;
             }
             let waited = written.elapsed();
             assert!(
                 waited < Duration::from_secs(1),
-                "round {round}: the last revision of a burst ({last}, {count} writes through \
-                 m{}) not delivered to every watcher after {waited:?}: {:?}",
+                "round {round}: the last revision of a burst ({last}, last put {last_put}, \
+                 {count} writes through m{}) not delivered to every watcher after {waited:?}: \
+                 {:?}",
                 through + 1,
                 watchers
                     .iter()
@@ -1246,47 +1258,62 @@ pub async fn paced_watchers_get_every_revision() -> u64 {
         held > 0,
         "no live response carried several revisions: pacing was not exercised"
     );
+    // One put every watcher wants, well after the bursts, then every event checked.
+    madsim::time::sleep(Duration::from_millis(50)).await;
+    let end = cluster
+        .put(leader, "p/end", "end")
+        .await
+        .expect("a put on a healthy cluster");
+    assert!(end > last);
     let named: Vec<(&str, &Watcher)> = watchers.iter().map(|(n, w)| (n.as_str(), w)).collect();
-    check_watchers(&mut cluster, leader, last, &named).await;
+    check_watchers(&mut cluster, leader, end, &named).await;
     cluster.trace_hash()
 }
 
-/// `count` writes under `p/` through `endpoint` on one connection, 16 in flight (puts, every
-/// seventh a delete but none among the last 16, so the highest revision is a put every watcher
-/// wants); answers the highest revision written. There are no faults: each must succeed.
-async fn burst(endpoint: String, round: usize, count: usize) -> i64 {
+/// `count` writes under `p/` through `endpoint` from 16 connections, each writing in turn
+/// (puts, every seventh a delete); answers the highest revision written and the highest a put
+/// wrote. There are no faults: each must succeed.
+async fn burst(endpoint: String, round: usize, count: usize) -> (i64, i64) {
     use detcd::pb::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, PutRequest};
-    let channel = crate::cluster::connect(&endpoint).await.expect("connect");
-    let kv = KvClient::new(channel);
-    let mut last = 0;
-    let indexes: Vec<usize> = (0..count).collect();
-    for chunk in indexes.chunks(16) {
-        let calls = chunk.iter().map(|&i| {
-            let mut kv = kv.clone();
-            async move {
+    let mut kvs = Vec::new();
+    for _ in 0..16 {
+        let channel = crate::cluster::connect(&endpoint).await.expect("connect");
+        kvs.push(KvClient::new(channel));
+    }
+    let writers = kvs.iter().enumerate().map(|(writer, kv)| {
+        let mut kv = kv.clone();
+        async move {
+            let (mut last, mut last_put) = (0, 0);
+            for i in (writer..count).step_by(16) {
                 let key = format!("p/k{}", i % 23).into_bytes();
-                let header = if i % 7 == 6 && i + 16 < count {
+                let revision = |header: Option<detcd::pb::etcdserverpb::ResponseHeader>| {
+                    header.map_or(0, |h| h.revision)
+                };
+                if i % 7 == 6 {
                     let request = DeleteRangeRequest {
                         key,
                         ..Default::default()
                     };
-                    kv.delete_range(request)
-                        .await
-                        .map(|r| r.into_inner().header)
+                    let answer = kv.delete_range(request).await;
+                    let answer = answer.expect("a burst write (there are no faults)");
+                    last = last.max(revision(answer.into_inner().header));
                 } else {
                     let request = PutRequest {
                         key,
                         value: format!("v{round}.{i}").into_bytes().into(),
                         ..Default::default()
                     };
-                    kv.put(request).await.map(|r| r.into_inner().header)
-                };
-                header.expect("a burst write (there are no faults)")
+                    let answer = kv.put(request).await;
+                    let answer = answer.expect("a burst write (there are no faults)");
+                    let written = revision(answer.into_inner().header);
+                    (last, last_put) = (last.max(written), last_put.max(written));
+                }
             }
-        });
-        for header in futures::future::join_all(calls).await {
-            last = last.max(header.map_or(0, |h| h.revision));
+            (last, last_put)
         }
-    }
-    last
+    });
+    futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)))
 }

@@ -7,11 +7,12 @@
 //! only its own stream's task, its watchers fall behind and are caught up from history later;
 //! nothing is dropped and no other stream waits.
 //!
-//! Pacing: a stream that delivered less than [`HOLD`] ago holds its next delivery until one more
-//! revision is applied or [`HOLD`] has passed, and sends a watcher the revisions it holds in one
-//! response. Under a steady stream of writes (more than about a thousand revisions a second)
-//! each watcher then gets half the responses, and the member half the encodes, frames and
-//! socket sends, for at most [`HOLD`] of latency; slower writes are delivered at once.
+//! Pacing: when revisions come less than the pace interval apart (`--watch-pace-interval`,
+//! 800 us by default), a stream holds each new one until the next is applied, or for a quarter
+//! longer than the interval at most, and sends a watcher what it holds in one response. Under
+//! such a stream of writes (over ~1,250 revisions a second by default) each watcher gets half
+//! the responses, and the member makes half the encodes, frames and socket sends, for about one
+//! revision's interval of latency; slower writes are delivered at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,10 +38,6 @@ use crate::watch::{Applied, Hub, PrevInterest, Watcher};
 /// Responses a stream may have queued before its task waits for the client.
 const STREAM_BUFFER: usize = 128;
 
-/// How long a stream that has just delivered may hold a new revision for the next one (see the
-/// module's pacing). A held revision waits for the next revision or this long, never more.
-const HOLD: Duration = Duration::from_millis(1);
-
 /// etcd's answer to a client-chosen ID already in use on the stream.
 pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's answer to a range whose end is not after its key.
@@ -52,6 +49,8 @@ pub struct WatchService {
     /// A response bigger than this is split for a watcher that allows fragments.
     max_message_bytes: usize,
     progress_interval: Duration,
+    /// Revisions closer together than this are paced (see the module's doc); zero: never.
+    pace_interval: Duration,
     stop: signal::Receiver<bool>,
 }
 
@@ -60,12 +59,14 @@ impl WatchService {
         node: Node,
         max_message_bytes: usize,
         progress_interval: Duration,
+        pace_interval: Duration,
         stop: signal::Receiver<bool>,
     ) -> Self {
         Self {
             node,
             max_message_bytes,
             progress_interval,
+            pace_interval,
             stop,
         }
     }
@@ -87,7 +88,6 @@ impl watch_server::Watch for WatchService {
             next_id: 0,
             progress_requested: false,
             prev_interest: None,
-            delivered_at: None,
             sender,
         };
         tokio::spawn(stream.run(request.into_inner()));
@@ -115,8 +115,6 @@ struct WatchStream {
     /// Held while a watcher of this stream wants previous key-values (`prev_kv`), so the state
     /// machine reads them for the hub's cache.
     prev_interest: Option<PrevInterest>,
-    /// When the stream last sent events (for pacing, [`HOLD`]).
-    delivered_at: Option<Instant>,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
 }
 
@@ -140,6 +138,11 @@ impl WatchStream {
         let mut next_tick = clock.now().plus(interval);
         // A client may close its sending side and go on reading (etcd keeps such a stream).
         let mut requests_open = true;
+        // When a new revision last woke the stream (pacing).
+        let mut woken_at: Option<Instant> = None;
+        let pace = self.service.pace_interval;
+        // The longest a paced revision waits for the next one.
+        let hold = pace + pace / 4;
         loop {
             let current = *applied.borrow_and_update();
             let owed = match self.deliver(current).await {
@@ -185,18 +188,19 @@ impl WatchStream {
                     if changed.is_err() {
                         return;
                     }
-                    let recent = self
-                        .delivered_at
-                        .is_some_and(|at| clock.now().since(at) < HOLD);
-                    if recent {
-                        // Held for one more revision, or for `HOLD` at most.
+                    let now = clock.now();
+                    let fast = woken_at.is_some_and(|at| now.since(at) < pace);
+                    woken_at = Some(now);
+                    if fast {
+                        // Held for the next revision, or for `hold` at most.
                         let deadline = !bugs::enabled(Bug::HeldWithoutDeadline);
                         tokio::select! {
                             biased;
                             _ = &mut ended => return,
                             changed = applied.changed() => if changed.is_err() { return },
-                            _ = clock.sleep(HOLD), if deadline => {}
+                            _ = clock.sleep(hold), if deadline => {}
                         }
+                        woken_at = Some(clock.now());
                     }
                 }
                 _ = async { clock.sleep(next_tick.since(clock.now())).await }, if ticking => {
@@ -312,7 +316,7 @@ impl WatchStream {
             match self.hub.cached(from, to, watcher.prev_kv) {
                 Some(revisions) if watcher.synced => {
                     // Live: one revision's events headed by that revision, as etcd's synced
-                    // watchers; several (held, `HOLD`) in one response headed by the newest.
+                    // watchers; several (paced) in one response headed by the newest.
                     let mut live = (0, Vec::new());
                     for revision in &revisions {
                         let events = watcher.events(&revision.changes, current.compacted);
@@ -350,9 +354,6 @@ impl WatchStream {
                 watcher.synced = watcher.next > current.revision;
                 watcher.sent_since_tick |= !responses.is_empty();
                 owed |= !watcher.synced;
-            }
-            if !responses.is_empty() {
-                self.delivered_at = Some(self.service.node.clock.now());
             }
             for (revision, events) in responses {
                 let mut response = self.response(revision, id);
