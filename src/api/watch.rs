@@ -7,12 +7,13 @@
 //! only its own stream's task, its watchers fall behind and are caught up from history later;
 //! nothing is dropped and no other stream waits.
 //!
-//! Pacing: when revisions come less than the pace interval apart (`--watch-pace-interval`,
-//! 800 us by default), a stream holds each new one until the next is applied, or for a quarter
-//! longer than the interval at most, and sends a watcher what it holds in one response. Under
-//! such a stream of writes (over ~1,250 revisions a second by default) each watcher gets half
-//! the responses, and the member makes half the encodes, frames and socket sends, for about one
-//! revision's interval of latency; slower writes are delivered at once.
+//! Pacing: when revisions keep coming less than the pace interval apart (`--watch-pace-interval`,
+//! 800 us by default; two such gaps in a row), a stream holds each new one until the next is
+//! applied, or for a quarter longer than the interval at most, and sends a watcher what it holds
+//! in one response. Under such a stream of writes (over ~1,250 revisions a second by default)
+//! each watcher gets half the responses, and the member makes half the encodes, frames and
+//! socket sends, for about one revision's interval of latency; slower writes, and two revisions
+//! that merely happen to come close together, are delivered at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -140,6 +141,8 @@ impl WatchStream {
         let mut requests_open = true;
         // When a new revision last woke the stream (pacing).
         let mut woken_at: Option<Instant> = None;
+        // Whether the gap before that wake-up was short too (pacing needs two in a row).
+        let mut fast_before = false;
         let pace = self.service.pace_interval;
         // The longest a paced revision waits for the next one.
         let hold = pace + pace / 4;
@@ -191,7 +194,9 @@ impl WatchStream {
                     let now = clock.now();
                     let fast = woken_at.is_some_and(|at| now.since(at) < pace);
                     woken_at = Some(now);
-                    if fast {
+                    let sustained = fast && fast_before;
+                    fast_before = fast;
+                    if sustained {
                         // Held for the next revision, or for `hold` at most.
                         let deadline = !bugs::enabled(Bug::HeldWithoutDeadline);
                         tokio::select! {
