@@ -322,15 +322,15 @@ impl WatchStream {
                 Some(revisions) if watcher.synced => {
                     // Live: one revision's events headed by that revision, as etcd's synced
                     // watchers; several (paced) in one response headed by the newest.
-                    let mut live = (0, Vec::new());
+                    let (mut newest, mut events) = (0, Vec::new());
                     for revision in &revisions {
-                        let events = watcher.events(&revision.changes, current.compacted);
-                        if !events.is_empty() {
-                            live.0 = revision.revision;
-                            live.1.extend(events);
+                        let before = events.len();
+                        events.extend(watcher.events(&revision.changes, current.compacted));
+                        if events.len() > before {
+                            newest = revision.revision;
                         }
                     }
-                    responses.push(live);
+                    responses.push((newest, events));
                 }
                 Some(revisions) => {
                     let changes = revisions.iter().flat_map(|r| r.changes.iter());

@@ -5,7 +5,7 @@
 //! removes leaves history in the transaction and the index after the commit
 //! ([`Writer::finish`]).
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
 use super::index::{AfterCommit, Index};
 use super::range::{RangeOptions, RangeResult};
@@ -117,17 +117,11 @@ impl<'txn> Writer<'txn> {
     }
 
     fn leases(&mut self) -> Result<&mut LeaseTable<'txn>, StorageError> {
-        if self.leases.is_none() {
-            self.leases = Some(self.txn.open_table(LEASES)?);
-        }
-        Ok(self.leases.as_mut().expect("opened above"))
+        opened(self.txn, &mut self.leases, LEASES)
     }
 
     fn lease_keys_table(&mut self) -> Result<&mut LeaseKeysTable<'txn>, StorageError> {
-        if self.lease_keys.is_none() {
-            self.lease_keys = Some(self.txn.open_table(LEASE_KEYS)?);
-        }
-        Ok(self.lease_keys.as_mut().expect("opened above"))
+        opened(self.txn, &mut self.lease_keys, LEASE_KEYS)
     }
 
     /// Starts the next request of the same transaction, after `current_revision`.
@@ -396,4 +390,16 @@ impl<'txn> Writer<'txn> {
     pub fn hash_kv(&self, at: i64) -> Result<u32, StorageError> {
         self.view.hash_kv(at, self.compacted()?)
     }
+}
+
+/// The table in `slot`, opened in `txn` at first use.
+fn opened<'slot, 'txn, K: Key + 'static, V: Value + 'static>(
+    txn: &'txn WriteTransaction,
+    slot: &'slot mut Option<Table<'txn, K, V>>,
+    definition: TableDefinition<K, V>,
+) -> Result<&'slot mut Table<'txn, K, V>, StorageError> {
+    if slot.is_none() {
+        *slot = Some(txn.open_table(definition)?);
+    }
+    Ok(slot.as_mut().expect("opened above"))
 }
