@@ -230,6 +230,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     async move {
                         window.acquire().await.ok()?.forget();
                         let request = input.next().await?;
+                        if request.entries.is_empty() {
+                            // A new commit index (or a heartbeat) only: the tasks already
+                            // runnable go first. After a commit they are the applier and the
+                            // answers to the clients of what was committed, which would
+                            // otherwise leave after these sends.
+                            tokio::task::yield_now().await;
+                        }
                         let last = request
                             .entries
                             .last()
