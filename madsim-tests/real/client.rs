@@ -675,3 +675,47 @@ fn concurrent_requests_through_a_follower_get_their_own_answers() {
         }
     });
 }
+
+/// As in etcd, a member answers a write only once it has applied it itself, so a serializable
+/// read through the same follower right after a write's answer sees that write (etcd's
+/// follower waits for its own apply of the entry; a follower that passed the leader's answer
+/// on at once could be read before the commit reached it).
+#[test]
+fn a_serializable_read_through_a_follower_sees_the_write_it_answered() {
+    let dir = TempDir::new("follower-ryw");
+    let members = Process::detcd_cluster(&dir, 3);
+    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
+    let leader = crate::harness::wait_for_leader(&endpoints);
+    let follower = (leader + 1) % 3;
+    block_on(async {
+        let mut client = Client::connect([endpoints[follower].as_str()], None)
+            .await
+            .expect("connect");
+        let mut stale = Vec::new();
+        for i in 0..500 {
+            let value = format!("v{i}");
+            let revision = client
+                .put("ryw", value.as_str(), None)
+                .await
+                .expect("put")
+                .header()
+                .expect("header")
+                .revision();
+            let got = client
+                .get("ryw", Some(GetOptions::new().with_serializable()))
+                .await
+                .expect("serializable get");
+            let header = got.header().expect("header").revision();
+            if got.kvs().first().map(|kv| kv.value()) != Some(value.as_bytes()) || header < revision
+            {
+                stale.push(format!("put {i} at revision {revision}: read at {header}"));
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{} stale reads: {:?}",
+            stale.len(),
+            &stale[..stale.len().min(5)]
+        );
+    });
+}

@@ -150,8 +150,8 @@ pub async fn leader_partitioned() -> u64 {
 }
 
 /// A follower whose answers are held for 27 s (its outgoing links clogged: it still hears the
-/// leader, so it never campaigns) has every write 2 s after the heal, and forwards a write to
-/// the leader within 2 s. The leader's replication stream to it fills its window with requests
+/// leader, so it never campaigns) has every write 2 s after the heal, forwards a write to the
+/// leader within 2 s, and answers it once it has applied it too. The leader's replication stream to it fills its window with requests
 /// nobody answers; over real TCP such a stream can hang for minutes, and the simulator's
 /// connections hold what a clogged link carries and retry it with a backoff that grows to 10 s.
 /// The leader must drop a stream whose oldest request went unanswered for the TTL and open
@@ -197,11 +197,35 @@ pub async fn unanswered_follower_catches_up() -> u64 {
         Some(leader),
         "the follower never campaigned"
     );
-    let forwarded =
-        madsim::time::timeout(Duration::from_secs(2), cluster.put(follower, "after", "v")).await;
+    // The follower forwards a write at once (the leader has it within 2 s), and answers it
+    // once it has applied the write itself, as etcd's followers do: that waits for the
+    // leader's replication to it to resume (the stream whose answers were held is dropped and
+    // openraft reopens one after its backoff, ~2 s here).
+    let forwarded = cluster.on_client(follower, Duration::from_secs(6), |channel| async move {
+        let put = detcd::pb::etcdserverpb::PutRequest {
+            key: b"after".to_vec(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        };
+        detcd::pb::etcdserverpb::kv_client::KvClient::new(channel)
+            .put(put)
+            .await
+            .map(|response| response.into_inner())
+    });
+    let on_leader = cluster.wait_until(
+        "the leader has the write forwarded by the follower within 2 s of the heal",
+        Duration::from_secs(2),
+        || async {
+            cluster
+                .dump(leader)
+                .await
+                .is_ok_and(|data| data.contains_key("after"))
+        },
+    );
+    let (forwarded, ()) = futures::join!(forwarded, on_leader);
     assert!(
-        matches!(forwarded, Ok(Ok(_))),
-        "the follower forwards a write within 2 s of the heal: {forwarded:?}"
+        forwarded.is_ok(),
+        "the follower answers a forwarded write within 6 s of the heal: {forwarded:?}"
     );
     crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
@@ -1020,38 +1044,52 @@ struct AnsweredRound {
 /// member: a serializable read right after the put sees it, and a watch created right after
 /// starts after it (its creation header is at the put's revision or later, and its first event
 /// is the next put, not this one). Caught without the fence: `AnswerNotFenced`.
+///
+/// Then the same through a follower, whose store is slowed the same way: it forwards the put
+/// to the leader and, as etcd's followers, answers only once it has applied the put itself, so
+/// the same holds there. Caught when it passes the leader's answer on at once:
+/// `ForwardedAnswerNotApplied`.
 pub async fn answered_writes_are_readable() -> u64 {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader(&ALL).await;
+    let follower = (leader + 1) % ALL.len();
     let latency = Duration::from_millis(madsim::rand::thread_rng().gen_range(20..60));
-    cluster.slow_commits(leader, latency);
-    for round in 0..4 {
-        let outcome = cluster
-            .on_client(leader, Duration::from_secs(15), move |channel| {
-                answered_round(channel, round)
-            })
-            .await;
-        cluster.record(format!("answered round {round}: {outcome:?}"));
-        let seen =
-            outcome.unwrap_or_else(|e| panic!("round {round}: a healthy leader failed: {e}"));
-        assert_eq!(
-            seen.read, seen.put,
-            "round {round}: a serializable read on the leader right after its put's answer \
-             did not see the put: {seen:?}"
-        );
-        assert!(
-            seen.created >= seen.put,
-            "round {round}: a watch created after a put's answer starts before it: {seen:?}"
-        );
-        assert_eq!(
-            seen.first_event, seen.next_put,
-            "round {round}: a watch created after a put's answer got an event other than the \
-             next put first: {seen:?}"
-        );
+    for (through, rounds) in [(leader, 0..4), (follower, 4..8)] {
+        cluster.slow_commits(through, latency);
+        let role = if through == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        for round in rounds {
+            let outcome = cluster
+                .on_client(through, Duration::from_secs(15), move |channel| {
+                    answered_round(channel, round)
+                })
+                .await;
+            cluster.record(format!("answered round {round}: {outcome:?}"));
+            let seen =
+                outcome.unwrap_or_else(|e| panic!("round {round}: a healthy {role} failed: {e}"));
+            assert_eq!(
+                seen.read, seen.put,
+                "round {round}: a serializable read on the {role} right after its put's answer \
+                 did not see the put: {seen:?}"
+            );
+            assert!(
+                seen.created >= seen.put,
+                "round {round}: a watch created on the {role} after a put's answer starts \
+                 before it: {seen:?}"
+            );
+            assert_eq!(
+                seen.first_event, seen.next_put,
+                "round {round}: a watch created on the {role} after a put's answer got an event \
+                 other than the next put first: {seen:?}"
+            );
+        }
+        cluster.members[through]
+            .disk
+            .set_commit_latency(Duration::ZERO);
     }
-    cluster.members[leader]
-        .disk
-        .set_commit_latency(Duration::ZERO);
     crate::check::state::check(&cluster, &ALL).await;
     cluster.trace_hash()
 }

@@ -69,9 +69,11 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
                 Box::pin(scenarios::corrupted_disk_is_fenced())
             }),
         ],
-        Bug::AnswerNotFenced => vec![("answered_writes_are_readable", || {
-            Box::pin(scenarios::answered_writes_are_readable())
-        })],
+        Bug::AnswerNotFenced | Bug::ForwardedAnswerNotApplied => {
+            vec![("answered_writes_are_readable", || {
+                Box::pin(scenarios::answered_writes_are_readable())
+            })]
+        }
         Bug::HeldWithoutDeadline => vec![("paced_watchers_get_every_revision", || {
             Box::pin(scenarios::paced_watchers_get_every_revision())
         })],

@@ -134,9 +134,12 @@ impl KvService {
 }
 
 /// Sends `$request` to `$leader` as a `$variant` request and answers its response as this
-/// member's.
+/// member's, once this member has applied the revision the leader answered at: as etcd's
+/// follower, which answers a write after its own apply, so that a serializable read through it
+/// right after sees the write.
 macro_rules! forward_to {
     ($self:ident, $leader:expr, $variant:ident, $request:expr) => {{
+        let deadline = $self.node.clock.now().plus(REQUEST_TIMEOUT);
         let answered = $self
             .forwarder
             .kv(
@@ -153,6 +156,13 @@ macro_rules! forward_to {
             ))
             .into());
         };
+        if let Some(header) = &response.header {
+            $self
+                .node
+                .await_revision(header.revision, deadline)
+                .await
+                .map_err(node_status)?;
+        }
         $self.rewrite_header(&mut response.header);
         return Ok(Response::new(response));
     }};

@@ -82,10 +82,15 @@ pub enum Bug {
     /// that next revision only: the last revision of a burst of writes is not delivered until
     /// something else is written.
     HeldWithoutDeadline,
+    /// A follower passes the leader's answer to a write it forwarded on at once, before it has
+    /// applied that write itself: a serializable read through the same follower right after
+    /// the answer sees the store from before the write (etcd's follower waits for its own
+    /// apply).
+    ForwardedAnswerNotApplied,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -106,6 +111,7 @@ impl Bug {
         Bug::ForwardLinkKept,
         Bug::AnswerNotFenced,
         Bug::HeldWithoutDeadline,
+        Bug::ForwardedAnswerNotApplied,
     ];
 
     #[cfg(madsim)]

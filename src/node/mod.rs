@@ -360,8 +360,31 @@ impl Node {
         if crate::env::bugs::enabled(crate::env::bugs::Bug::ReadBeforeCommitted) {
             return self.await_raft_applied(index, deadline).await;
         }
+        self.await_hub(self.state_machine.hub.reached(index), deadline)
+            .await
+    }
+
+    /// Returns once this member's state machine has applied and committed revision
+    /// `revision` (a write the leader answered for it), or times out at `deadline`.
+    pub async fn await_revision(
+        &self,
+        revision: i64,
+        deadline: crate::env::clock::Instant,
+    ) -> Result<(), NodeError> {
+        if crate::env::bugs::enabled(crate::env::bugs::Bug::ForwardedAnswerNotApplied) {
+            return Ok(());
+        }
+        self.await_hub(self.state_machine.hub.reached_revision(revision), deadline)
+            .await
+    }
+
+    async fn await_hub(
+        &self,
+        reached: impl std::future::Future<Output = bool>,
+        deadline: crate::env::clock::Instant,
+    ) -> Result<(), NodeError> {
         let wait = async {
-            if self.state_machine.hub.reached(index).await {
+            if reached.await {
                 Ok(())
             } else {
                 Err(NodeError::Stopped("the state machine stopped".to_string()))

@@ -159,12 +159,23 @@ impl Hub {
     /// Returns `true` once the recorded log index is at least `index`, or `false` if it never
     /// will be: the state machine stopped ([`Hub::abandon`]) or is gone.
     pub async fn reached(&self, index: u64) -> bool {
-        if self.applied().index >= index {
+        self.reached_when(|applied| applied.index >= index).await
+    }
+
+    /// Returns `true` once the recorded revision is at least `revision`, or `false` if it never
+    /// will be (as [`Hub::reached`]).
+    pub async fn reached_revision(&self, revision: i64) -> bool {
+        self.reached_when(|applied| applied.revision >= revision)
+            .await
+    }
+
+    async fn reached_when(&self, done: impl Fn(&Applied) -> bool) -> bool {
+        if done(&self.applied()) {
             return true;
         }
         let mut applied = self.subscribe();
         loop {
-            if applied.borrow_and_update().index >= index {
+            if done(&applied.borrow_and_update()) {
                 return true;
             }
             if self.abandoned.load(Ordering::SeqCst) || applied.changed().await.is_err() {
