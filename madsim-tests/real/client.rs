@@ -676,8 +676,8 @@ fn concurrent_requests_through_a_follower_get_their_own_answers() {
     });
 }
 
-/// As in etcd, a member answers a write only once it has applied it itself, so a serializable
-/// read through the same follower right after a write's answer sees that write (etcd's
+/// As in etcd, a member answers a write (a lease revoke too) only once it has applied it itself,
+/// so a serializable read through the same follower right after a write's answer sees that write (etcd's
 /// follower waits for its own apply of the entry; a follower that passed the leader's answer
 /// on at once could be read before the commit reached it).
 #[test]
@@ -717,5 +717,23 @@ fn a_serializable_read_through_a_follower_sees_the_write_it_answered() {
             stale.len(),
             &stale[..stale.len().min(5)]
         );
+        // The same for a lease revoked through the follower: its key is gone right after.
+        for i in 0..100 {
+            let lease = client.lease_grant(60, None).await.expect("grant").id();
+            let key = format!("leased{i}");
+            client
+                .put(key.as_str(), "v", Some(PutOptions::new().with_lease(lease)))
+                .await
+                .expect("put with the lease");
+            client.lease_revoke(lease).await.expect("revoke");
+            let got = client
+                .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+                .await
+                .expect("serializable get");
+            if !got.kvs().is_empty() {
+                stale.push(format!("{key}: still there after its lease's revoke"));
+            }
+        }
+        assert!(stale.is_empty(), "stale reads after revokes: {stale:?}");
     });
 }

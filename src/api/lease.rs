@@ -296,12 +296,21 @@ impl Lease for LeaseService {
             }
             Ok(other) => Err(ApiError::Internal(format!("revoke answered {other:?}")).into()),
             Err(leader) => {
+                let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
                 let mut response = self
                     .forwarder
                     .lease(&leader)?
                     .lease_revoke(forward::mark(request))
                     .await?
                     .into_inner();
+                // As a forwarded KV write (`kv.rs`): answered once this member has applied
+                // it, so a serializable read through it right after misses the lease's keys.
+                if let Some(header) = &response.header {
+                    self.node
+                        .await_revision(header.revision, deadline)
+                        .await
+                        .map_err(node_status)?;
+                }
                 as_this_member(&mut response.header, self.node.id);
                 Ok(Response::new(response))
             }
