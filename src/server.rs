@@ -221,6 +221,7 @@ pub async fn run(
             .add_service(LeaseServer::new(LeaseService::new(
                 node.clone(),
                 forwarder.clone(),
+                read_indexer.clone(),
             )))
             .add_service(ClusterServer::new(ClusterService::new(
                 node.clone(),
@@ -245,6 +246,7 @@ pub async fn run(
             .add_service(LeaseServer::new(LeaseService::new(
                 node.clone(),
                 forwarder.clone(),
+                read_indexer.clone(),
             )));
         servers.push(spawn_listener("peer", router, *addr, stop_rx.clone()));
     }

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::forward::{self, Forwarder};
 use super::kv::node_status;
+use super::read_index::{Outcome, ReadIndexer};
 use super::status::ApiError;
 use super::{convert, ResponseStream};
 use crate::apply::CommandResult;
@@ -28,6 +29,7 @@ use crate::raft::{io_error, MemberNode};
 pub struct LeaseService {
     node: Node,
     forwarder: Forwarder,
+    read_indexer: ReadIndexer,
 }
 
 /// Keep-alive responses a stream may have queued before it waits for the client.
@@ -37,8 +39,35 @@ const STREAM_BUFFER: usize = 16;
 const RETRY: crate::env::Duration = crate::env::Duration::from_millis(20);
 
 impl LeaseService {
-    pub fn new(node: Node, forwarder: Forwarder) -> Self {
-        Self { node, forwarder }
+    pub fn new(node: Node, forwarder: Forwarder, read_indexer: ReadIndexer) -> Self {
+        Self {
+            node,
+            forwarder,
+            read_indexer,
+        }
+    }
+
+    /// Returns once this member has applied everything the leader had committed when asked:
+    /// after a grant the leader answered for it, the grant too (a grant changes no revision to
+    /// wait for), so a lease list through this member right after shows the lease.
+    async fn caught_up(&self, deadline: crate::env::clock::Instant) -> Result<(), Status> {
+        let remaining = deadline.since(self.node.clock.now());
+        let outcome = self
+            .node
+            .clock
+            .timeout(remaining, self.read_indexer.read_index())
+            .await
+            .map_err(|_elapsed| Status::from(ApiError::Timeout))?;
+        match outcome {
+            Outcome::Index(index) => self
+                .node
+                .await_applied(index, deadline)
+                .await
+                .map_err(node_status),
+            // A leader of an older version, without read indexes: answered as it did.
+            Outcome::Forward => Ok(()),
+            Outcome::Failed(status) => Err(status),
+        }
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
@@ -267,12 +296,14 @@ impl Lease for LeaseService {
             }
             Ok(other) => Err(ApiError::Internal(format!("grant answered {other:?}")).into()),
             Err(leader) => {
+                let deadline = self.node.clock.now().plus(REQUEST_TIMEOUT);
                 let mut response = self
                     .forwarder
                     .lease(&leader)?
                     .lease_grant(forward::mark(request))
                     .await?
                     .into_inner();
+                self.caught_up(deadline).await?;
                 as_this_member(&mut response.header, self.node.id);
                 Ok(Response::new(response))
             }
