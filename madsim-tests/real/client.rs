@@ -7,7 +7,7 @@ use etcd_client::{
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::harness::{block_on, same_as_etcd, Process, TempDir};
+use crate::harness::{block_on, same_as_etcd, TempDir, Trio};
 
 fn kv(kv: &etcd_client::KeyValue) -> String {
     format!(
@@ -537,14 +537,9 @@ fn etcd_client_sees_the_same_responses_as_from_etcd() {
 #[test]
 fn a_follower_answers_in_its_own_name() {
     let dir = TempDir::new("client-cluster");
-    let members = Process::detcd_cluster(&dir, 3);
-    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
-    let leader = crate::harness::wait_for_leader(&endpoints);
-    let follower = (leader + 1) % 3;
+    let trio = Trio::start(&dir);
     block_on(async {
-        let mut via_follower = Client::connect([endpoints[follower].as_str()], None)
-            .await
-            .expect("connect");
+        let mut via_follower = trio.follower_client().await;
         let status = via_follower.status().await.expect("status");
         let follower_id = status.header().expect("header").member_id();
         let put = via_follower
@@ -562,7 +557,7 @@ fn a_follower_answers_in_its_own_name() {
             status.header().expect("header").cluster_id()
         );
         let revision = put_header.revision();
-        for endpoint in &endpoints {
+        for endpoint in &trio.endpoints {
             let mut client = Client::connect([endpoint.as_str()], None)
                 .await
                 .expect("connect");
@@ -587,14 +582,9 @@ fn a_follower_answers_in_its_own_name() {
 fn concurrent_requests_through_a_follower_get_their_own_answers() {
     const CLIENTS: usize = 48;
     let dir = TempDir::new("forward-cluster");
-    let members = Process::detcd_cluster(&dir, 3);
-    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
-    let leader = crate::harness::wait_for_leader(&endpoints);
-    let follower = (leader + 1) % 3;
+    let trio = Trio::start(&dir);
     block_on(async {
-        let client = Client::connect([endpoints[follower].as_str()], None)
-            .await
-            .expect("connect");
+        let client = trio.follower_client().await;
         let rounds = (0..CLIENTS).map(|i| {
             let mut client = client.clone();
             async move {
@@ -676,21 +666,16 @@ fn concurrent_requests_through_a_follower_get_their_own_answers() {
     });
 }
 
-/// As in etcd, a member answers a write (a lease grant or revoke too) only once it has applied it,
-/// so a serializable read through the same follower right after a write's answer sees that write (etcd's
-/// follower waits for its own apply of the entry; a follower that passed the leader's answer
-/// on at once could be read before the commit reached it).
+/// As in etcd, a member answers a write (a lease grant or revoke too) only once it has applied
+/// it, so a serializable read through the same follower right after a write's answer sees that
+/// write (etcd's follower waits for its own apply of the entry; a follower that passed the
+/// leader's answer on at once could be read before the commit reached it).
 #[test]
 fn a_serializable_read_through_a_follower_sees_the_write_it_answered() {
     let dir = TempDir::new("follower-ryw");
-    let members = Process::detcd_cluster(&dir, 3);
-    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
-    let leader = crate::harness::wait_for_leader(&endpoints);
-    let follower = (leader + 1) % 3;
+    let trio = Trio::start(&dir);
     block_on(async {
-        let mut client = Client::connect([endpoints[follower].as_str()], None)
-            .await
-            .expect("connect");
+        let mut client = trio.follower_client().await;
         let mut stale = Vec::new();
         for i in 0..500 {
             let value = format!("v{i}");

@@ -423,6 +423,37 @@ pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A 3-member detcd cluster whose members agree on a leader.
+pub struct Trio {
+    pub members: Vec<Process>,
+    /// The members' client endpoints, in member order.
+    pub endpoints: Vec<String>,
+    pub leader: usize,
+    /// A member other than the leader.
+    pub follower: usize,
+}
+
+impl Trio {
+    pub fn start(dir: &TempDir) -> Trio {
+        let members = Process::detcd_cluster(dir, 3);
+        let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
+        let leader = wait_for_leader(&endpoints);
+        Trio {
+            members,
+            endpoints,
+            leader,
+            follower: (leader + 1) % 3,
+        }
+    }
+
+    /// etcd's Rust client, connected to the follower only.
+    pub async fn follower_client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoints[self.follower].as_str()], None)
+            .await
+            .expect("connect to the follower")
+    }
+}
+
 /// Waits until every endpoint reports the same leader; returns the index of the leader's
 /// endpoint.
 pub fn wait_for_leader(endpoints: &[String]) -> usize {

@@ -9,7 +9,7 @@ use etcd_client::{
     Client, EventType, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions,
 };
 
-use crate::harness::{block_on, same_as_etcd, Process, TempDir};
+use crate::harness::{block_on, same_as_etcd, Process, TempDir, Trio};
 
 fn error(error: etcd_client::Error) -> String {
     match error {
@@ -232,14 +232,9 @@ fn a_killed_provider_loses_its_key_within_the_bound() {
 #[test]
 fn leases_work_through_a_follower() {
     let dir = TempDir::new("lease-cluster");
-    let members = Process::detcd_cluster(&dir, 3);
-    let endpoints: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
-    let leader = crate::harness::wait_for_leader(&endpoints);
-    let follower = (leader + 1) % 3;
+    let trio = Trio::start(&dir);
     block_on(async {
-        let mut client = Client::connect([endpoints[follower].as_str()], None)
-            .await
-            .expect("connect");
+        let mut client = trio.follower_client().await;
         let follower_id = client
             .status()
             .await
@@ -282,7 +277,7 @@ fn leases_work_through_a_follower() {
             let gone = stream.message().await.expect("answer").expect("open");
             assert_eq!((gone.id(), gone.ttl()), (lease, 0));
         }
-        for endpoint in &endpoints {
+        for endpoint in &trio.endpoints {
             let mut member = Client::connect([endpoint.as_str()], None)
                 .await
                 .expect("connect");

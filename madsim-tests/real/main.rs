@@ -28,7 +28,7 @@ mod watch_client;
 
 use std::time::Duration;
 
-use harness::{etcdctl, normalise_ids, wait_until, Process, TempDir};
+use harness::{etcdctl, normalise_ids, wait_until, Process, TempDir, Trio};
 
 /// Every recorded transcript against a fresh detcd (one per file): output identical to what
 /// etcd 3.4.23 printed. With `DETCD_RECORD_TRANSCRIPTS=1`, re-records them from a fresh real etcd.
@@ -160,10 +160,12 @@ fn three_members_survive_losing_the_leader() {
 #[test]
 fn a_frozen_follower_gets_every_write_after_it_thaws() {
     let dir = TempDir::new("freeze");
-    let mut members = Process::detcd_cluster(&dir, 3);
-    let all: Vec<String> = members.iter().map(|m| m.client_endpoint.clone()).collect();
-    let leader = harness::wait_for_leader(&all);
-    let follower = (leader + 1) % 3;
+    let Trio {
+        mut members,
+        endpoints: all,
+        leader,
+        follower,
+    } = Trio::start(&dir);
     let put = |i: usize| vec!["put".to_string(), format!("f{i:02}"), format!("v{i}")];
     let serializable = ["get", "--prefix", "f", "--keys-only", "--consistency=s"].map(String::from);
     assert_eq!(etcdctl(&all[leader], &put(0)), "OK\nexit 0\n");

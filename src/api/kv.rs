@@ -99,13 +99,10 @@ impl KvService {
         leader: MemberNode,
         deadline: Instant,
     ) -> Result<Option<MemberNode>, Status> {
-        let remaining = deadline.since(self.node.clock.now());
         let outcome = self
-            .node
-            .clock
-            .timeout(remaining, self.read_indexer.read_index())
-            .await
-            .map_err(|_elapsed| Status::from(ApiError::Timeout))?;
+            .read_indexer
+            .read_index_by(&self.node.clock, deadline)
+            .await?;
         match outcome {
             Outcome::Forward => Ok(Some(leader)),
             Outcome::Failed(status) => Err(status),

@@ -51,13 +51,10 @@ impl LeaseService {
     /// after a grant the leader answered for it, the grant too (a grant changes no revision to
     /// wait for), so a lease list through this member right after shows the lease.
     async fn caught_up(&self, deadline: crate::env::clock::Instant) -> Result<(), Status> {
-        let remaining = deadline.since(self.node.clock.now());
         let outcome = self
-            .node
-            .clock
-            .timeout(remaining, self.read_indexer.read_index())
-            .await
-            .map_err(|_elapsed| Status::from(ApiError::Timeout))?;
+            .read_indexer
+            .read_index_by(&self.node.clock, deadline)
+            .await?;
         match outcome {
             Outcome::Index(index) => self
                 .node

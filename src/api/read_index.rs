@@ -12,7 +12,7 @@ use tonic::Status;
 
 use super::forward::Forwarder;
 use super::status::ApiError;
-use crate::env::watch;
+use crate::env::{watch, Clock, Instant};
 use crate::node::{Node, NodeError, REQUEST_TIMEOUT};
 use crate::pb::raft::ReadIndexRequest;
 
@@ -41,6 +41,14 @@ impl ReadIndexer {
     ) {
         let (reads, queue) = mpsc::unbounded_channel();
         (ReadIndexer { reads }, queue)
+    }
+
+    /// [`ReadIndexer::read_index`], given up at `deadline` with etcd's request timeout.
+    pub async fn read_index_by(&self, clock: &Clock, deadline: Instant) -> Result<Outcome, Status> {
+        clock
+            .timeout(deadline.since(clock.now()), self.read_index())
+            .await
+            .map_err(|_elapsed| Status::from(ApiError::Timeout))
     }
 
     /// The read index for a read that has just arrived, from a call sent after now.
