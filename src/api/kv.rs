@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::forward::{self, Forwarder};
-use super::read_index::{Outcome, ReadIndexer};
+use super::read_index::ReadIndexer;
 use super::status::ApiError;
 use super::validate;
 use crate::apply::{self, CommandResponse, CommandResult};
@@ -99,25 +99,10 @@ impl KvService {
         leader: MemberNode,
         deadline: Instant,
     ) -> Result<Option<MemberNode>, Status> {
-        let outcome = self
-            .read_indexer
-            .read_index_by(&self.node.clock, deadline)
-            .await?;
-        match outcome {
-            Outcome::Forward => Ok(Some(leader)),
-            Outcome::Failed(status) => Err(status),
-            Outcome::Index(_)
-                if crate::env::bugs::enabled(crate::env::bugs::Bug::FollowerReadBeforeApplied) =>
-            {
-                Ok(None)
-            }
-            Outcome::Index(index) => {
-                self.node
-                    .await_applied(index, deadline)
-                    .await
-                    .map_err(node_status)?;
-                Ok(None)
-            }
+        if self.read_indexer.caught_up(&self.node, deadline).await? {
+            Ok(None)
+        } else {
+            Ok(Some(leader))
         }
     }
 
@@ -131,9 +116,7 @@ impl KvService {
 }
 
 /// Sends `$request` to `$leader` as a `$variant` request and answers its response as this
-/// member's, once this member has applied the revision the leader answered at: as etcd's
-/// follower, which answers a write after its own apply, so that a serializable read through it
-/// right after sees the write.
+/// member's, once this member has applied the revision the leader answered at ([`applied_here`]).
 macro_rules! forward_to {
     ($self:ident, $leader:expr, $variant:ident, $request:expr) => {{
         let deadline = $self.node.clock.now().plus(REQUEST_TIMEOUT);
@@ -153,16 +136,27 @@ macro_rules! forward_to {
             ))
             .into());
         };
-        if let Some(header) = &response.header {
-            $self
-                .node
-                .await_revision(header.revision, deadline)
-                .await
-                .map_err(node_status)?;
-        }
+        applied_here(&$self.node, &response.header, deadline).await?;
         $self.rewrite_header(&mut response.header);
         return Ok(Response::new(response));
     }};
+}
+
+/// Returns once this member has applied the revision of a response the leader answered for it
+/// (a forwarded write's): as etcd's follower, which answers a write after its own apply, so that
+/// a serializable read through it right after sees the write.
+pub(super) async fn applied_here(
+    node: &Node,
+    header: &Option<ResponseHeader>,
+    deadline: Instant,
+) -> Result<(), Status> {
+    match header {
+        Some(header) => node
+            .await_revision(header.revision, deadline)
+            .await
+            .map_err(node_status),
+        None => Ok(()),
+    }
 }
 
 /// A failed call to the leader: a deadline is etcd's request timeout, anything else passes on.

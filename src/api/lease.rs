@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::forward::{self, Forwarder};
-use super::kv::node_status;
-use super::read_index::{Outcome, ReadIndexer};
+use super::kv::{applied_here, node_status};
+use super::read_index::ReadIndexer;
 use super::status::ApiError;
 use super::{convert, ResponseStream};
 use crate::apply::CommandResult;
@@ -44,26 +44,6 @@ impl LeaseService {
             node,
             forwarder,
             read_indexer,
-        }
-    }
-
-    /// Returns once this member has applied everything the leader had committed when asked:
-    /// after a grant the leader answered for it, the grant too (a grant changes no revision to
-    /// wait for), so a lease list through this member right after shows the lease.
-    async fn caught_up(&self, deadline: crate::env::clock::Instant) -> Result<(), Status> {
-        let outcome = self
-            .read_indexer
-            .read_index_by(&self.node.clock, deadline)
-            .await?;
-        match outcome {
-            Outcome::Index(index) => self
-                .node
-                .await_applied(index, deadline)
-                .await
-                .map_err(node_status),
-            // A leader of an older version, without read indexes: answered as it did.
-            Outcome::Forward => Ok(()),
-            Outcome::Failed(status) => Err(status),
         }
     }
 
@@ -300,7 +280,9 @@ impl Lease for LeaseService {
                     .lease_grant(forward::mark(request))
                     .await?
                     .into_inner();
-                self.caught_up(deadline).await?;
+                // A grant changes no revision to wait for: a read index asked after its answer
+                // covers it, so a lease list through this member right after shows the lease.
+                self.read_indexer.caught_up(&self.node, deadline).await?;
                 as_this_member(&mut response.header, self.node.id);
                 Ok(Response::new(response))
             }
@@ -331,14 +313,9 @@ impl Lease for LeaseService {
                     .lease_revoke(forward::mark(request))
                     .await?
                     .into_inner();
-                // As a forwarded KV write (`kv.rs`): answered once this member has applied
-                // it, so a serializable read through it right after misses the lease's keys.
-                if let Some(header) = &response.header {
-                    self.node
-                        .await_revision(header.revision, deadline)
-                        .await
-                        .map_err(node_status)?;
-                }
+                // As a forwarded KV write: a serializable read through this member right after
+                // misses the lease's keys.
+                applied_here(&self.node, &response.header, deadline).await?;
                 as_this_member(&mut response.header, self.node.id);
                 Ok(Response::new(response))
             }

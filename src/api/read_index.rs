@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::forward::Forwarder;
+use super::kv::node_status;
 use super::status::ApiError;
-use crate::env::{watch, Clock, Instant};
+use crate::env::bugs::{self, Bug};
+use crate::env::{watch, Instant};
 use crate::node::{Node, NodeError, REQUEST_TIMEOUT};
 use crate::pb::raft::ReadIndexRequest;
 
@@ -43,12 +45,27 @@ impl ReadIndexer {
         (ReadIndexer { reads }, queue)
     }
 
-    /// [`ReadIndexer::read_index`], given up at `deadline` with etcd's request timeout.
-    pub async fn read_index_by(&self, clock: &Clock, deadline: Instant) -> Result<Outcome, Status> {
-        clock
-            .timeout(deadline.since(clock.now()), self.read_index())
+    /// A read index asked after now, then this member's state machine applied that far, both
+    /// by `deadline`: what a follower waits for before it serves a linearizable read from its
+    /// own store, or answers a lease grant it forwarded. `Ok(false)`: the leader gives no read
+    /// indexes (a member of an older version), nothing was waited for.
+    pub async fn caught_up(&self, node: &Node, deadline: Instant) -> Result<bool, Status> {
+        let outcome = node
+            .clock
+            .timeout(deadline.since(node.clock.now()), self.read_index())
             .await
-            .map_err(|_elapsed| Status::from(ApiError::Timeout))
+            .map_err(|_elapsed| Status::from(ApiError::Timeout))?;
+        match outcome {
+            Outcome::Forward => Ok(false),
+            Outcome::Failed(status) => Err(status),
+            Outcome::Index(_) if bugs::enabled(Bug::FollowerReadBeforeApplied) => Ok(true),
+            Outcome::Index(index) => {
+                node.await_applied(index, deadline)
+                    .await
+                    .map_err(node_status)?;
+                Ok(true)
+            }
+        }
     }
 
     /// The read index for a read that has just arrived, from a call sent after now.
