@@ -419,6 +419,21 @@ fn check_put<S: TxnStore + ?Sized>(
     Ok(None)
 }
 
+/// The answer to `request` applied on a store at `revision`, if it depends on nothing but that
+/// revision: a put without a lease, `prev_kv` or `ignore_*` always succeeds and makes revision
+/// `revision + 1` (what [`apply_on`] answers for it, with no store to read).
+pub fn plain_put_answer(request: &PutRequest, revision: i64) -> Option<CommandResponse> {
+    let plain =
+        request.lease == 0 && !request.prev_kv && !request.ignore_value && !request.ignore_lease;
+    plain.then(|| CommandResponse {
+        revision: revision + 1,
+        result: CommandResult::Put(PutResponse {
+            header: revision_header(revision + 1),
+            prev_kv: None,
+        }),
+    })
+}
+
 fn do_put(writer: &mut Writer, request: &PutRequest) -> Result<PutResponse, StorageError> {
     if !(writer.reads_prev() || request.prev_kv || request.ignore_value) {
         // Nobody needs the value this put replaces: the index has the rest.

@@ -69,7 +69,7 @@ fn catchers(bug: Bug) -> Vec<Scenario> {
                 Box::pin(scenarios::corrupted_disk_is_fenced())
             }),
         ],
-        Bug::AnswerNotFenced | Bug::ForwardedAnswerNotApplied => {
+        Bug::AnswerNotFenced | Bug::ForwardedAnswerNotApplied | Bug::EarlyAnswerStale => {
             vec![("answered_writes_are_readable", || {
                 Box::pin(scenarios::answered_writes_are_readable())
             })]

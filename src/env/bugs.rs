@@ -87,10 +87,14 @@ pub enum Bug {
     /// the answer sees the store from before the write (etcd's follower waits for its own
     /// apply).
     ForwardedAnswerNotApplied,
+    /// The state machine answers a batch of plain puts before applying it, from a revision it
+    /// keeps apart from the store (here one behind it), and does not check those answers
+    /// against what the entries apply as: a client is told its put made a revision it did not.
+    EarlyAnswerStale,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::AckBeforeDurable,
         Bug::VoteNotDurable,
         Bug::StaleFollowerRead,
@@ -112,6 +116,7 @@ impl Bug {
         Bug::AnswerNotFenced,
         Bug::HeldWithoutDeadline,
         Bug::ForwardedAnswerNotApplied,
+        Bug::EarlyAnswerStale,
     ];
 
     #[cfg(madsim)]
