@@ -575,7 +575,10 @@ impl Applier {
     /// [`SYNC_INTERVAL`]), then records and announces it. A short batch of plain puts is
     /// answered before it is applied ([`Applier::answer_early`]). Answers whether the commit
     /// was durable.
-    async fn apply(&mut self, batch: Vec<EntryResponder<TypeConfig>>) -> Result<bool, io::Error> {
+    async fn apply(
+        &mut self,
+        mut batch: Vec<EntryResponder<TypeConfig>>,
+    ) -> Result<bool, io::Error> {
         if batch.is_empty() {
             return Ok(false);
         }
@@ -603,7 +606,6 @@ impl Applier {
                     })
                 )
             });
-        let mut batch = batch;
         // What the answers of a short batch of plain puts are does not depend on the store:
         // they leave before it is applied (one client's put: ~33 us of its latency), and the
         // apply below checks each against what its entry applies as.
@@ -733,14 +735,8 @@ impl Applier {
         };
         let prepared = match prepared {
             Ok(prepared) => prepared,
-            Err(error) => {
-                if answered_early {
-                    // Answered but not applied: as for a failed commit below.
-                    *self.failed.lock().expect("applier failure") = Some(error.to_string());
-                    self.hub.abandon();
-                }
-                return Err(error);
-            }
+            Err(error) if answered_early => return Err(self.stop_answered(error)),
+            Err(error) => return Err(error),
         };
         let (batch, responses, applied) = (prepared.batch, prepared.responses, prepared.applied);
         let (uncommitted, changes) = (prepared.uncommitted, prepared.changes);
@@ -772,11 +768,7 @@ impl Applier {
             self.disk.before_commit().await;
             let committed = env::inline_io(|| txn.commit().map_err(io_error));
             if let Err(error) = committed {
-                // Readers waiting for what was answered must not wait for ever: the applier
-                // stops, its failure fails them, and so does the member.
-                *self.failed.lock().expect("applier failure") = Some(error.to_string());
-                self.hub.abandon();
-                return Err(error);
+                return Err(self.stop_answered(error));
             }
             after_commit.apply(&self.index);
         }
@@ -786,6 +778,15 @@ impl Applier {
         self.hub.record(changes, applied);
         self.hub.announce();
         Ok(durable)
+    }
+
+    /// A batch whose clients were answered failed to apply or commit. Readers waiting for what
+    /// was answered must not wait for ever: the applier stops, its failure fails them, and so
+    /// does the member. Returns `error` for the caller to pass on.
+    fn stop_answered(&self, error: io::Error) -> io::Error {
+        *self.failed.lock().expect("applier failure") = Some(error.to_string());
+        self.hub.abandon();
+        error
     }
 
     /// Answers the clients of a batch of plain puts (and entries that change nothing) before it
