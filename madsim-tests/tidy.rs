@@ -8,6 +8,9 @@
 //! - No `dbg!`, `todo!` or `unimplemented!` anywhere in `src/`.
 //! - Every `select!` in `src/` is `biased`: an unbiased one polls from a branch drawn from
 //!   tokio's per-process generator, which no seed controls.
+//! - The crates `Cargo.toml` builds at opt-level 0 in test builds are used only at build time: a
+//!   crate that detcd or its tests run (what `cargo tree` reaches without build or proc-macro
+//!   edges) would silently slow the simulation sweep.
 
 // Tidy reads the source tree: the seam rule (.clippy.toml) is for src/.
 #![allow(clippy::disallowed_methods)]
@@ -131,5 +134,62 @@ fn every_select_is_biased() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn unoptimized_crates_only_run_at_build_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("read Cargo.toml");
+    let unoptimized: Vec<&str> = manifest
+        .lines()
+        .filter(|line| line.ends_with("= { opt-level = 0 }"))
+        .map(|line| {
+            line.split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+        })
+        .collect();
+    assert!(
+        unoptimized.contains(&"syn"),
+        "no opt-level 0 list found in Cargo.toml"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+        ])
+        .args(["-e", "normal,dev,no-proc-macro", "--format", "{p}"])
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        tree.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let runtime = String::from_utf8(tree.stdout).expect("cargo tree output");
+    let runtime: Vec<&str> = runtime
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(
+        runtime.contains(&"redb"),
+        "cargo tree listed no runtime crates"
+    );
+    for name in unoptimized {
+        assert!(
+            !runtime.contains(&name),
+            "Cargo.toml builds {name} at opt-level 0, but detcd or its tests run it: remove it \
+             from the list of build-time crates"
+        );
     }
 }
