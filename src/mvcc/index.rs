@@ -27,7 +27,9 @@
 //! index names beyond history (the open transaction's changes, what a committed compaction
 //! removed a moment ago) no read at or above that compaction looks for.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -55,6 +57,68 @@ impl Entry {
     }
 }
 
+/// How long a key [`IndexKey`] keeps in the map's own nodes.
+const INLINE: usize = 22;
+
+/// A key of the index, ordered and compared as its bytes. A key of up to [`INLINE`] bytes lives
+/// in the map's node itself: a lookup compares it where it finds it instead of following a
+/// pointer for each comparison (a cache miss each, once the index outgrows the cache: at
+/// 100,000 keys the lookup of a put's key was 6 % of a member's CPU), and it needs no
+/// allocation of its own (24 bytes in the node instead of 16 plus a 32-byte heap block).
+#[derive(Clone, PartialEq, Eq)]
+enum IndexKey {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
+
+impl IndexKey {
+    fn new(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..key.len()].copy_from_slice(key);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+// `Borrow<[u8]>` lets the map be searched by `&[u8]`, which requires the key's order to be its
+// bytes' order. (Equality may stay derived: equal bytes have one representation.)
+impl Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&bytes::Bytes::copy_from_slice(self.as_bytes()), f)
+    }
+}
+
 /// A key's retained changes, oldest first, and what a put needs of its newest change if that
 /// is a put.
 #[derive(Debug, Default)]
@@ -69,7 +133,7 @@ const READ_ATTEMPTS: usize = 1000;
 /// The index itself; see [`Index`] for the shared handle.
 #[derive(Debug)]
 pub struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, KeyState>,
+    keys: BTreeMap<IndexKey, KeyState>,
     /// The revision of the last compaction applied to the index.
     compacted: i64,
     /// Changed by every snapshot install: a reader from before it must start again.
@@ -124,7 +188,7 @@ impl KeyIndex {
                     changes: vec![entry],
                     live,
                 };
-                self.keys.insert(key.into(), state);
+                self.keys.insert(IndexKey::new(key), state);
             }
         }
     }
@@ -165,7 +229,7 @@ impl KeyIndex {
             let Some(entry) = newest_at(&state.changes, at).filter(|entry| !entry.tombstone) else {
                 continue;
             };
-            if !visit(key, entry.revision()) {
+            if !visit(key.as_bytes(), entry.revision()) {
                 return;
             }
         }
@@ -544,6 +608,43 @@ mod tests {
         );
         assert!(keys.nothing_live_at(1));
         assert!(!keys.nothing_live_at(2));
+    }
+
+    #[test]
+    fn keys_long_and_short_keep_byte_order() {
+        // Around the inline length, with zero bytes (the inline padding) and 0xff.
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for len in [1, 2, INLINE - 1, INLINE, INLINE + 1, 40] {
+            for fill in [0u8, b'k', 0xff] {
+                let mut key = vec![fill; len];
+                all.push(key.clone());
+                key.push(0);
+                all.push(key.clone());
+                if let Some(last) = key.last_mut() {
+                    *last = 1;
+                }
+                all.push(key);
+            }
+        }
+        all.sort();
+        all.dedup();
+        let mut keys = KeyIndex::default();
+        for (main, key) in (2..).zip(all.iter().rev()) {
+            keys.add(key, rev(main, 0), put(main, false));
+        }
+        let mut seen = Vec::new();
+        keys.for_each_live_at(&KeyRange::new(vec![0], vec![0]), i64::MAX, &mut |key, _| {
+            seen.push(key.to_vec());
+            true
+        });
+        assert_eq!(seen, all);
+        for (main, key) in (2..).zip(all.iter().rev()) {
+            assert_eq!(keys.live(key).map(|live| live.create_revision), Some(main));
+            let from = KeyRange::new(key.clone(), vec![0]);
+            let count = keys.live_revisions_at(&from, i64::MAX).len();
+            assert_eq!(count, all.len() - all.binary_search(key).unwrap());
+        }
+        assert_eq!(keys.live(&[b'k'; INLINE + 2]), None);
     }
 
     #[test]
