@@ -75,13 +75,15 @@ const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
 
 impl IndexKey {
     fn new(key: &[u8]) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= INLINE => {
-                let mut bytes = [0; INLINE];
-                bytes[..key.len()].copy_from_slice(key);
-                Self::Inline { len, bytes }
-            }
-            _ => Self::Heap(key.into()),
+        if key.len() > INLINE {
+            return Self::Heap(key.into());
+        }
+        let mut bytes = [0; INLINE];
+        bytes[..key.len()].copy_from_slice(key);
+        // At most INLINE (22) bytes: the length fits a u8.
+        Self::Inline {
+            len: key.len() as u8,
+            bytes,
         }
     }
 
@@ -115,7 +117,7 @@ impl PartialOrd for IndexKey {
 
 impl fmt::Debug for IndexKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&bytes::Bytes::copy_from_slice(self.as_bytes()), f)
+        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
     }
 }
 
