@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use tonic::transport::Server;
+use crate::env::net::Services;
 
 use crate::api::cluster::ClusterService;
 use crate::api::forward::{ForwardService, Forwarder};
@@ -111,15 +111,15 @@ fn damage(error: &redb::DatabaseError) -> Option<Damage> {
     }
 }
 
-/// Serves `router` on `addr` (the `kind` listener: client or peer) until `stop` turns true.
+/// Serves `services` on `addr` (the `kind` listener: client or peer) until `stop` turns true.
 fn spawn_listener(
     kind: &'static str,
-    router: tonic::transport::server::Router,
+    services: Services,
     addr: SocketAddr,
     mut stop: crate::env::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), ServerError>> {
     tokio::spawn(async move {
-        crate::env::net::serve(router, addr, async move {
+        crate::env::net::serve(services, addr, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
         .await
@@ -202,7 +202,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = crate::env::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &listeners.clients {
-        let router = Server::builder()
+        let services = Services::new()
             .add_service(kv(&node))
             .add_service(MaintenanceServer::new(MaintenanceService::new(
                 node.clone(),
@@ -228,10 +228,10 @@ pub async fn run(
                 kv_service(&node),
             )))
             .add_service(AuthServer::new(NotYetImplemented));
-        servers.push(spawn_listener("client", router, *addr, stop_rx.clone()));
+        servers.push(spawn_listener("client", services, *addr, stop_rx.clone()));
     }
     for addr in &listeners.peers {
-        let router = Server::builder()
+        let services = Services::new()
             .add_service(
                 RaftServer::new(RaftService::new(node.raft.clone(), REQUEST_TIMEOUT))
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -248,7 +248,7 @@ pub async fn run(
                 forwarder.clone(),
                 read_indexer.clone(),
             )));
-        servers.push(spawn_listener("peer", router, *addr, stop_rx.clone()));
+        servers.push(spawn_listener("peer", services, *addr, stop_rx.clone()));
     }
     let compactor = tokio::spawn(crate::node::compactor::run(
         node.clone(),

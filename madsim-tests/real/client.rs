@@ -7,7 +7,7 @@ use etcd_client::{
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::harness::{block_on, same_as_etcd, TempDir, Trio};
+use crate::harness::{block_on, same_as_etcd, Process, TempDir, Trio};
 
 fn kv(kv: &etcd_client::KeyValue) -> String {
     format!(
@@ -530,6 +530,30 @@ fn etcd_client_sees_the_same_responses_as_from_etcd() {
         "client",
         |endpoint| async move { transcript(&endpoint).await },
     );
+}
+
+/// A service detcd does not serve (etcd's `v3electionpb.Election`, which etcd-client's election
+/// calls use) is answered `Unimplemented` at once, and the connection goes on serving the rest.
+#[test]
+fn a_service_detcd_does_not_serve_is_unimplemented() {
+    let dir = TempDir::new("client-unknown-service");
+    let detcd = Process::detcd_single(&dir, "n1");
+    block_on(async {
+        let mut client = Client::connect([detcd.client_endpoint.as_str()], None)
+            .await
+            .expect("connect");
+        let campaign = client.campaign("election", "candidate", 0).await;
+        let answer = campaign.map(|_| "an answer".to_string()).map_err(error);
+        assert!(
+            matches!(&answer, Err(e) if e.starts_with("Unimplemented: ")),
+            "expected Unimplemented, got {answer:?}"
+        );
+        let put = client
+            .put("after/unknown", "served", None)
+            .await
+            .expect("put");
+        assert!(put.header().expect("header").revision() > 1);
+    });
 }
 
 /// As in etcd, a request served through a follower is answered in the follower's name, with the
