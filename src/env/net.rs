@@ -119,6 +119,9 @@ mod real {
     use crate::env::authority::AuthorityFix;
     use crate::env::SocketAddr;
 
+    /// How long the listener waits after a failed accept before it accepts again.
+    const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
     /// How a service is called: a clone of tonic's generated server for it takes the request.
     type Call =
         Box<dyn Fn(Request<Incoming>) -> BoxFuture<Response<Body>, Infallible> + Send + Sync>;
@@ -184,9 +187,14 @@ mod real {
                         _ = &mut signal => break,
                         accepted = incoming.next() => match accepted {
                             Some(Ok(stream)) => stream,
-                            // A failed accept (out of descriptors, a reset before it) ends
-                            // only that connection, as in tonic.
-                            Some(Err(_)) => continue,
+                            // A failed accept (out of descriptors, a reset before it): the
+                            // listener goes on after a pause, so that a condition that lasts
+                            // (no descriptor free while the connection waits in the backlog)
+                            // does not keep the member's thread retrying at once.
+                            Some(Err(_)) => {
+                                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                                continue;
+                            }
                             None => break,
                         },
                     };
