@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::env::net::Services;
-
 use crate::api::cluster::ClusterService;
 use crate::api::forward::{ForwardService, Forwarder};
 use crate::api::kv::{KvLimits, KvService};
@@ -21,6 +19,7 @@ use crate::api::validate::GRPC_OVERHEAD_BYTES;
 use crate::api::watch::WatchService;
 use crate::api::NotYetImplemented;
 use crate::config::{socket_addr, ClusterState, Config};
+use crate::env::net::Services;
 use crate::env::{Clock, Disk, SocketAddr};
 use crate::node::{Node, NodeConfig, REQUEST_TIMEOUT};
 use crate::pb::etcdserverpb::{
